@@ -1,0 +1,22 @@
+"""hybridlm: build, train, measure and run hybrid Attention x State-Space language models."""
+
+from .checkpoint import CheckpointError, load, save
+from .config import ConfigError, ModelConfig
+from .data.tokenizer import ByteTokenizer, load_tokenizer
+from .model import HybridLM
+from .pattern import PatternError
+from .presets import presets
+
+__all__ = [
+    "ByteTokenizer",
+    "CheckpointError",
+    "ConfigError",
+    "HybridLM",
+    "ModelConfig",
+    "PatternError",
+    "load",
+    "load_tokenizer",
+    "presets",
+    "save",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Measurements of a model: parameters, cost, mixing matrices, gradient flow, scaling fits."""

@@ -1,0 +1,154 @@
+"""Per-layer inference states and the model's cache that holds them.
+
+A hybrid's cache differs per layer: attention keeps keys and values (a ring of `window - 1` past
+entries when windowed, so its memory stops growing), an SSM keeps its last `k - 1` conv inputs and
+a fixed fp32 state, the alpha-blend keeps both. Every state is updated in place by its mixer and
+answers `nbytes()` and `select(indices)`.
+
+Glossary: B batch, T cache slots, H_kv key/value heads, D head dim, N new tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EMPTY = -1  # position of an empty or padding slot: never attended by a real query
+
+
+class LayerState:
+    """Named tensors (conv windows, SSM/recurrence states) or nested states of one sub-layer."""
+
+    def __init__(self, **parts):
+        self.__dict__["parts"] = parts
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["parts"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        self.__dict__["parts"][name] = value
+
+    def nbytes(self) -> int:
+        return sum(_nbytes(part) for part in self.parts.values())
+
+    def select(self, indices: torch.Tensor) -> None:
+        for name, part in self.parts.items():
+            if isinstance(part, torch.Tensor):
+                self.parts[name] = part.index_select(0, indices)
+            elif part is not None:
+                part.select(indices)
+
+
+class KVCache:
+    """Keys and values of one attention layer, with the position of each slot.
+
+    Full attention appends (preallocated to `max_len`, else grown geometrically). Windowed
+    attention keeps a ring of `window - 1` slots: a query sees at most `window` keys, itself
+    included, so older entries are never read again.
+    """
+
+    def __init__(self, batch_size, n_kv_heads, head_dim, *, window=None, max_len=None, device=None, dtype=None):
+        self.window = window
+        capacity = (window - 1) if window is not None else (max_len or 0)
+        self.keys = torch.zeros(batch_size, n_kv_heads, capacity, head_dim, device=device, dtype=dtype)
+        self.values = torch.zeros_like(self.keys)
+        self.positions = torch.full((batch_size, capacity), EMPTY, dtype=torch.long, device=device)
+        self.length = 0  # slots written so far (for the ring: tokens seen)
+
+    def nbytes(self) -> int:
+        return _nbytes(self.keys) + _nbytes(self.values) + _nbytes(self.positions)
+
+    def select(self, indices: torch.Tensor) -> None:
+        self.keys = self.keys.index_select(0, indices)
+        self.values = self.values.index_select(0, indices)
+        self.positions = self.positions.index_select(0, indices)
+
+    def update(self, keys, values, positions):
+        """Store new (B, H_kv, N, D) keys/values; return everything the new queries may attend to.
+
+        Returns (keys, values, key_positions) with the new entries last.
+        """
+        if self.window is None:
+            return self._append(keys, values, positions)
+        attend = (
+            torch.cat([self.keys, keys], dim=2),
+            torch.cat([self.values, values], dim=2),
+            torch.cat([self.positions, positions], dim=1),
+        )
+        self._write_ring(keys, values, positions)
+        return attend
+
+    def _append(self, keys, values, positions):
+        start, end = self.length, self.length + keys.shape[2]
+        if end > self.keys.shape[2]:
+            self._grow(max(end, 2 * self.keys.shape[2]))
+        self.keys[:, :, start:end] = keys
+        self.values[:, :, start:end] = values
+        self.positions[:, start:end] = positions
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end], self.positions[:, :end]
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self.keys.shape[2]
+        self.keys = torch.cat([self.keys, self.keys.new_zeros(*self.keys.shape[:2], extra, self.keys.shape[3])], 2)
+        self.values = torch.cat(
+            [
+                self.values,
+                self.values.new_zeros(self.keys.shape[0], *self.values.shape[1:2], extra, self.values.shape[3]),
+            ],
+            2,
+        )
+        self.positions = torch.cat(
+            [self.positions, self.positions.new_full((self.positions.shape[0], extra), EMPTY)], 1
+        )
+
+    def _write_ring(self, keys, values, positions) -> None:
+        size = self.keys.shape[2]
+        n_new = keys.shape[2]
+        if size == 0:
+            self.length += n_new
+            return
+        keep = min(n_new, size)
+        slots = (torch.arange(self.length + n_new - keep, self.length + n_new, device=keys.device)) % size
+        self.keys[:, :, slots] = keys[:, :, n_new - keep :]
+        self.values[:, :, slots] = values[:, :, n_new - keep :]
+        self.positions[:, slots] = positions[:, n_new - keep :]
+        self.length += n_new
+
+
+class Cache:
+    """The states of every sub-layer of a model, plus each row's count of real tokens seen."""
+
+    def __init__(self, states: list, seen: torch.Tensor):
+        self.states = states
+        self.seen = seen  # (B,) real (non-padding) tokens fed so far, the next token's position
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def batch_size(self) -> int:
+        return self.seen.shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held now by all layer states."""
+        return sum(_nbytes(state) for state in self.states)
+
+    def select(self, indices) -> Cache:
+        """Keep or reorder batch rows (beam search, dropping finished rows); in place, returns self."""
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.seen.device)
+        for state in self.states:
+            if state is not None:
+                state.select(indices)
+        self.seen = self.seen.index_select(0, indices)
+        return self
+
+
+def _nbytes(part) -> int:
+    if part is None:
+        return 0
+    if isinstance(part, torch.Tensor):
+        return part.numel() * part.element_size()
+    return part.nbytes()

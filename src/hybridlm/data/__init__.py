@@ -1,0 +1,1 @@
+"""Tokenizers, text datasets and synthetic tasks."""

@@ -1,0 +1,86 @@
+"""Mixture-of-Experts feed-forward sub-layer (`E`), Shazeer et al. 2017 / Switch (Fedus et al. 2022).
+
+Glossary: B batch, N tokens, d width, E experts, K experts per token, T = B * N tokens.
+
+    G(x) = softmax(x W_g)                      router probabilities over all E experts
+    y    = sum_{i in TopK(G(x))} G_i(x) f_i(x)  (weights not renormalised unless configured; Jamba)
+    aux  = E * sum_i f_i * P_i                 f_i: fraction of tokens whose top-K holds i (sum = K),
+                                               P_i: mean router probability of expert i
+The aux value is K under balanced routing and E under full collapse; the training loss adds
+`aux_loss_coef * aux` (1e-2 by default, 1e-3 in Jamba).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .mlp import MLP
+
+
+@dataclass
+class RouterStats:
+    load: torch.Tensor  # (E,) f_i, fraction of tokens routed to each expert (sums to K)
+    mean_prob: torch.Tensor  # (E,) P_i
+    entropy: torch.Tensor  # () mean entropy of the router distribution, in nats
+    aux: torch.Tensor  # () E * sum f_i P_i (differentiable through P)
+
+
+class MoE(nn.Module):
+    def __init__(
+        self, d_model, d_ff, n_experts, top_k, activation="silu", gated=True, bias=False, normalize_top_k=False
+    ):
+        super().__init__()
+        self.n_experts, self.top_k, self.normalize_top_k = n_experts, top_k, normalize_top_k
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(d_model, d_ff, activation, gated, bias) for _ in range(n_experts))
+        self.stats: RouterStats | None = None
+
+    @classmethod
+    def from_config(cls, config, char: str = "E", ordinal: int = 0) -> MoE:
+        moe = config.moe
+        return cls(
+            config.d_model,
+            moe.d_ff or config.d_ff,
+            moe.n_experts,
+            moe.top_k,
+            config.mlp.activation,
+            config.mlp.gated,
+            config.mlp.bias,
+            moe.normalize_top_k,
+        )
+
+    def allocate_state(self, batch_size, max_len, device, dtype):
+        return None
+
+    def forward(self, x: torch.Tensor, state=None, ctx=None) -> torch.Tensor:
+        """x (B, N, d) -> (B, N, d); records `self.stats` for the aux loss and monitoring."""
+        tokens = x.reshape(-1, x.shape[-1])  # (T, d)
+        probs = torch.softmax(self.router(tokens).float(), dim=-1)  # (T, E), fp32 as in Jamba
+        top_probs, top_experts = probs.topk(self.top_k, dim=-1)  # (T, K)
+        if self.normalize_top_k:
+            top_probs = top_probs / top_probs.sum(-1, keepdim=True)
+        output = torch.zeros_like(tokens)
+        for expert_index, expert in enumerate(self.experts):
+            token_index, slot = torch.where(top_experts == expert_index)
+            if token_index.numel() == 0:
+                continue
+            weight = top_probs[token_index, slot].unsqueeze(-1).to(tokens.dtype)
+            output.index_add_(0, token_index, expert(tokens[token_index]) * weight)
+        valid = None if ctx is None or ctx.valid is None else ctx.valid.reshape(-1)
+        self.stats = router_stats(probs, top_experts, self.n_experts, valid)
+        return output.view_as(x)
+
+
+def router_stats(probs: torch.Tensor, top_experts: torch.Tensor, n_experts: int, valid=None) -> RouterStats:
+    """Load f_i, mean probability P_i, entropy and E * sum f_i P_i over the (real) tokens."""
+    if valid is not None:
+        probs, top_experts = probs[valid], top_experts[valid]
+    n_tokens = max(probs.shape[0], 1)
+    chosen = torch.zeros_like(probs).scatter_(1, top_experts, 1.0)  # (T, E) one where expert in top-K
+    load = chosen.sum(0) / n_tokens
+    mean_prob = probs.sum(0) / n_tokens
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).sum() / n_tokens
+    return RouterStats(load=load, mean_prob=mean_prob, entropy=entropy, aux=n_experts * (load * mean_prob).sum())

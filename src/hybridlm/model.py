@@ -1,0 +1,170 @@
+"""`HybridLM`: token embedding -> one residual sub-layer per pattern character -> norm -> LM head.
+
+Glossary: B batch, N new tokens, d model width, V vocabulary.
+
+Each sub-layer is x = x + Mixer(Norm(x)) with pre-norm RMSNorm (F and E are sub-layers too).
+The shared block `S` differs only by two class attributes: it norms its own input
+(`pre_norm = False`) and its output t feeds the next mixer, x = x + Mixer(Norm(x + t))
+(`feeds_next_mixer = True`). The model never asks which family a mixer is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .cache import EMPTY, Cache
+from .config import ModelConfig
+from .layers import MIXERS
+from .layers.context import Context
+from .layers.norm import RMSNorm
+from .layers.shared import SharedBlock
+
+
+class Sublayer(nn.Module):
+    """One pattern character: its pre-norm (unless the mixer norms itself) and its module."""
+
+    def __init__(self, config: ModelConfig, char: str, ordinal: int):
+        super().__init__()
+        self.char = char
+        cls = MIXERS[char]
+        self.norm = (
+            RMSNorm(config.d_model, config.norm_eps, config.norm_offset) if getattr(cls, "pre_norm", True) else None
+        )
+        self.mixer = cls.from_config(config, char, ordinal)
+        self.feeds_next_mixer = getattr(cls, "feeds_next_mixer", False)
+
+    def forward(self, x: torch.Tensor, state, ctx: Context) -> torch.Tensor:
+        return self.mixer(self.norm(x) if self.norm is not None else x, state, ctx)
+
+
+class HybridLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        chars = config.chars
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.shared_blocks = (
+            nn.ModuleList(SharedBlock(config) for _ in range(config.shared.n_blocks)) if "S" in chars else None
+        )
+        seen: dict[str, int] = {}
+        layers = []
+        for char in chars:
+            layers.append(Sublayer(config, char, seen.get(char, 0)))
+            seen[char] = seen.get(char, 0) + 1
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    # ---- initialisation ------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """Normal(0, init_std) for linears and embeddings; residual outputs scaled by 1/sqrt(#sub-layers)
+        (GPT-2); LoRA up-matrices zero; mixers' own parameters (A_log, dt, poles ...) by their papers."""
+        std = self.config.init_std
+        residual_std = std / math.sqrt(len(self.layers))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                if getattr(module, "zero_init", False):
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.normal_(
+                        module.weight, std=residual_std if getattr(module, "residual_output", False) else std
+                    )
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            if hasattr(module, "reset_special_parameters"):
+                module.reset_special_parameters()
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """input_ids (B, N) -> logits (B, N, V) (the last `logits_to_keep` positions when > 0).
+
+        With `cache`, continue from it and update it in place: any N (1 = decode, more = prefill or
+        chunked prefill). `attention_mask` (B, N), 1 for real tokens and 0 for left padding.
+        """
+        valid = None if attention_mask is None else attention_mask.to(torch.bool)
+        if valid is not None and bool(valid.all()):
+            valid = None
+        positions = self._positions(input_ids, cache, valid)
+        x = self.embed_tokens(input_ids)
+        if self.config.embedding_scale is not None:
+            x = x * self._embedding_scale(x.dtype)
+        ctx = Context(positions=positions, valid=valid, embeddings=x, shared_blocks=self.shared_blocks)
+        pending = None  # output of a shared block, waiting for the next mixer
+        for index, layer in enumerate(self.layers):
+            state = None if cache is None else cache.states[index]
+            out = layer(x if pending is None else x + pending, state, ctx)
+            if layer.feeds_next_mixer:
+                pending = out
+            else:
+                x, pending = x + out, None
+        if cache is not None:
+            cache.seen = cache.seen + (input_ids.shape[1] if valid is None else valid.sum(1))
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(self.final_norm(x))
+        if self.config.logit_softcap:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def _positions(self, input_ids: torch.Tensor, cache: Cache | None, valid: torch.Tensor | None) -> torch.Tensor:
+        batch, n_new = input_ids.shape
+        start = cache.seen.unsqueeze(1) if cache is not None else input_ids.new_zeros(batch, 1)
+        if valid is None:
+            return start + torch.arange(n_new, device=input_ids.device)
+        positions = start + valid.long().cumsum(1) - 1
+        return positions.masked_fill(~valid, EMPTY)
+
+    def _embedding_scale(self, dtype: torch.dtype) -> torch.Tensor:
+        scale = torch.tensor(self.config.embedding_scale)
+        if self.config.embedding_scale_bf16:  # RecurrentGemma stores sqrt(d) as a bf16 tensor
+            scale = scale.to(torch.bfloat16)
+        return scale.to(dtype)
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def allocate_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> Cache:
+        """A cache with every sub-layer's state; `max_len` preallocates KV caches, None grows them."""
+        parameter = self.embed_tokens.weight
+        device = device or parameter.device
+        dtype = dtype or parameter.dtype
+        states = [layer.mixer.allocate_state(batch_size, max_len, device, dtype) for layer in self.layers]
+        return Cache(states, torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def generate(self, input_ids, max_new_tokens: int, **sampling):
+        """Prompt + up to `max_new_tokens` new tokens; see `hybridlm.generate.generate`."""
+        from .generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **sampling)
+
+    def stream(self, input_ids, max_new_tokens: int, **sampling):
+        """Yield new tokens (a (B,) tensor per step) as they are sampled; see `hybridlm.generate.stream`."""
+        from .generate import stream
+
+        return stream(self, input_ids, max_new_tokens, **sampling)
+
+    # ---- training helpers --------------------------------------------------------------------------
+    def aux_loss(self) -> torch.Tensor:
+        """MoE load-balancing loss of the last forward: sum over E layers of coef * E * sum f_i P_i."""
+        terms = [layer.mixer.stats.aux for layer in self.layers if getattr(layer.mixer, "stats", None) is not None]
+        if not terms:
+            return torch.zeros((), device=self.embed_tokens.weight.device)
+        return self.config.moe.aux_loss_coef * torch.stack(terms).sum()
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (shared blocks and tied embeddings counted once)."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,1 @@
+"""Recurrence kernels. Each `*_ref` function is the plain PyTorch reference the fast paths are tested against."""

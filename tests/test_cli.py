@@ -1,0 +1,111 @@
+"""The command line: tables, errors with exit code 2, generation from a saved directory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hybridlm
+from hybridlm import HybridLM, ModelConfig
+from hybridlm.cli import main, presets_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for verb in ("presets", "inspect", "generate", "demo"):
+        assert verb in out
+
+
+def test_presets_table(capsys):
+    code, out, _ = run(capsys, "presets", "--json")
+    rows = {row["preset"]: row for row in json.loads(out)}
+    assert code == 0 and set(rows) == set(hybridlm.presets())
+    assert rows["jamba"]["attention_ratio"] == 0.125
+    assert rows["jamba"]["active_params"] < rows["jamba"]["params"]
+
+
+def test_inspect_counts_equal_the_model(capsys):
+    code, out, _ = run(capsys, "inspect", "zamba2", "--size", "tiny", "--json")
+    data = json.loads(out)
+    model = HybridLM(ModelConfig.from_preset("zamba2", "tiny"))
+    assert code == 0 and data["params"] == model.num_parameters()
+    assert data["layer_types"][:3] == ["mamba2", "mamba2", "shared_attention"]
+
+
+def test_inspect_pattern_uses_small_dimensions(capsys):
+    code, out, _ = run(capsys, "inspect", "(RF RF LF)*2", "--json", "--set", "attention.window=9")
+    data = json.loads(out)
+    assert code == 0 and data["config"]["d_model"] == 384 and data["config"]["attention"]["window"] == 9
+
+
+def test_inspect_directory_wins(capsys, tmp_path):
+    hybridlm.save(HybridLM(ModelConfig.from_preset("hawk", "tiny")), tmp_path / "jamba")
+    code, out, _ = run(capsys, "inspect", str(tmp_path / "jamba"), "--json")
+    assert code == 0 and json.loads(out)["layer_types"][0] == "rglru"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["inspect", "(MF AX)*2"], "column 6 ('X')"),
+        (["inspect", "jambaa"], "did you mean the preset 'jamba'"),
+        (["inspect", "jamba", "--set", "mamba.d_sate=3"], "did you mean 'mamba.d_state'"),
+        (["inspect", "jamba", "--set", "oops"], "must look like key=value"),
+        (["generate", "/nonexistent/dir", "--prompt", "x"], "no such checkpoint directory"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_2(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_generate_from_saved_directory(capsys, tmp_path):
+    torch.manual_seed(0)
+    hybridlm.save(HybridLM(ModelConfig.from_preset("samba", "tiny")), tmp_path / "m")
+    code, out, _ = run(
+        capsys, "generate", str(tmp_path / "m"), "--prompt", "Hi", "--max-new-tokens", "5", "--temperature", "0"
+    )
+    assert code == 0 and out.startswith("Hi")
+    code, streamed, _ = run(
+        capsys,
+        "generate",
+        str(tmp_path / "m"),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--stream",
+    )
+    assert code == 0 and streamed == out
+
+
+def test_console_script_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "hybridlm.cli", "presets", "--size", "tiny"], capture_output=True, text=True, check=True
+    )
+    assert "jamba" in result.stdout
+
+
+def test_docs_presets_table_is_current():
+    assert presets_markdown() in (ROOT / "docs" / "presets.md").read_text()
+
+
+def test_demo_runs(capsys):
+    code, out, _ = run(capsys, "demo", "--seq-len", "32")
+    assert code == 0 and "stripedhyena" in out and "tokens/s" in out
