@@ -10,7 +10,8 @@ import torch
 
 import hybridlm
 from hybridlm import HybridLM, ModelConfig
-from hybridlm.cli import main, presets_markdown
+from hybridlm.cli import main
+from hybridlm.cli.presets import presets_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,64 @@
+"""Pieces the verbs share: model flags, resolving a target to a config, plain-text tables."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+from ..config import ModelConfig, parse_override
+from ..pattern import PatternError, format_pattern
+from ..presets import SIZES, preset_config, presets
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", choices=SIZES, default="small", help="preset size (default: small)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, repeatable, e.g. --set mamba.d_state=8",
+    )
+
+
+def resolve_config(target: str, size: str = "small", overrides: list[str] | None = None) -> ModelConfig:
+    """A directory wins, then a preset name, then a layer pattern with the preset dimensions of `size`."""
+    from ..checkpoint import load_config
+
+    if Path(target).is_dir():
+        config = load_config(target)
+    elif target in presets():
+        config = preset_config(target, size)
+    else:
+        try:
+            format_pattern(target)
+        except PatternError as error:
+            close = difflib.get_close_matches(target, presets(), n=1)
+            hint = f"did you mean the preset {close[0]!r}? " if close else f"presets: {', '.join(presets())}; "
+            raise PatternError(
+                f"{target!r} is not a checkpoint directory, a preset or a valid pattern ({hint}as a pattern: {error})"
+            ) from None
+        config = preset_config("transformer", size).with_overrides({"pattern": target})
+    return config.with_overrides(dict(parse_override(item) for item in overrides or []))
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def human(count: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.2f}{unit}"
+    return str(count)
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
