@@ -14,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cache import EMPTY, Cache
 from .config import ModelConfig
@@ -57,6 +58,7 @@ class HybridLM(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.final_norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False  # recompute each sub-layer in backward: less activation memory
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         if not any(p.is_meta for p in self.parameters()):
@@ -107,7 +109,11 @@ class HybridLM(nn.Module):
         pending = None  # output of a shared block, waiting for the next mixer
         for index, layer in enumerate(self.layers):
             state = None if cache is None else cache.states[index]
-            out = layer(x if pending is None else x + pending, state, ctx)
+            layer_input = x if pending is None else x + pending
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                out = checkpoint(layer, layer_input, state, ctx, use_reentrant=False)
+            else:
+                out = layer(layer_input, state, ctx)
             if layer.feeds_next_mixer:
                 pending = out
             else:

@@ -23,8 +23,8 @@ from .mlp import MLP
 @dataclass
 class RouterStats:
     load: torch.Tensor  # (E,) f_i, fraction of tokens routed to each expert (sums to K)
-    mean_prob: torch.Tensor  # (E,) P_i
-    entropy: torch.Tensor  # () mean entropy of the router distribution, in nats
+    mean_prob: torch.Tensor  # (E,) P_i (detached)
+    entropy: torch.Tensor  # () mean entropy of the router distribution, in nats (detached)
     aux: torch.Tensor  # () E * sum f_i P_i (differentiable through P)
 
 
@@ -82,5 +82,7 @@ def router_stats(probs: torch.Tensor, top_experts: torch.Tensor, n_experts: int,
     chosen = torch.zeros_like(probs).scatter_(1, top_experts, 1.0)  # (T, E) one where expert in top-K
     load = chosen.sum(0) / n_tokens
     mean_prob = probs.sum(0) / n_tokens
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).sum() / n_tokens
-    return RouterStats(load=load, mean_prob=mean_prob, entropy=entropy, aux=n_experts * (load * mean_prob).sum())
+    aux = n_experts * (load * mean_prob).sum()  # differentiable through P only, as in Switch
+    detached = probs.detach()
+    entropy = -(detached * detached.clamp_min(1e-12).log()).sum(-1).sum() / n_tokens
+    return RouterStats(load=load, mean_prob=mean_prob.detach(), entropy=entropy, aux=aux)

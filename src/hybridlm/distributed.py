@@ -1,0 +1,79 @@
+"""Multi-device training through torch.distributed, applied from outside the single-device model.
+
+Launched with `torchrun --nproc_per_node N -m hybridlm.cli train ...`: each process reads RANK,
+WORLD_SIZE and LOCAL_RANK from the environment. DDP works on CPU (gloo) and CUDA (nccl); FSDP2
+(`fully_shard`) shards parameters, gradients and optimizer state on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str | None = None) -> World:
+    """Join the process group when launched by torchrun; a single process otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        log.info("rank %d of %d on %s", dist.get_rank(), size, chosen)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return World(rank=rank, size=size, local_rank=local_rank, device=chosen)
+
+
+def wrap(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
+    """Apply data parallelism: 'ddp' (all devices) or 'fsdp' (CUDA, FSDP2 per sub-layer)."""
+    if world.size == 1:
+        return model
+    if strategy == "ddp":
+        device_ids = [world.device.index] if world.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if strategy == "fsdp":
+        if world.device.type != "cuda":
+            raise ValueError("FSDP needs CUDA devices here; use --parallel ddp on CPU")
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown parallel strategy {strategy!r}: choose ddp or fsdp")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
