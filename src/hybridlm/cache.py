@@ -91,18 +91,14 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end], self.positions[:, :end]
 
     def _grow(self, capacity: int) -> None:
-        extra = capacity - self.keys.shape[2]
-        self.keys = torch.cat([self.keys, self.keys.new_zeros(*self.keys.shape[:2], extra, self.keys.shape[3])], 2)
-        self.values = torch.cat(
-            [
-                self.values,
-                self.values.new_zeros(self.keys.shape[0], *self.values.shape[1:2], extra, self.values.shape[3]),
-            ],
-            2,
-        )
-        self.positions = torch.cat(
-            [self.positions, self.positions.new_full((self.positions.shape[0], extra), EMPTY)], 1
-        )
+        """Reallocate to `capacity` slots keeping what is stored; doubling keeps appends amortised O(1)."""
+        keys, values, positions = self.keys, self.values, self.positions
+        self.keys = keys.new_zeros(keys.shape[0], keys.shape[1], capacity, keys.shape[3])
+        self.values = torch.zeros_like(self.keys)
+        self.positions = positions.new_full((positions.shape[0], capacity), EMPTY)
+        self.keys[:, :, : self.length] = keys[:, :, : self.length]
+        self.values[:, :, : self.length] = values[:, :, : self.length]
+        self.positions[:, : self.length] = positions[:, : self.length]
 
     def _write_ring(self, keys, values, positions) -> None:
         size = self.keys.shape[2]
