@@ -7,6 +7,8 @@ MIXER_CASES = {
     "A": {"pattern": "A"},
     "A-gqa-partial-rope": {"pattern": "A", "n_kv_heads": 2, "attention": {"rope_fraction": 0.5}},
     "A-norope": {"pattern": "A", "attention": {"rope": False}},
+    "A-shortconv": {"pattern": "A", "n_kv_heads": 2, "attention": {"short_conv": 3}},
+    "L-shortconv": {"pattern": "L", "attention": {"window": 5, "short_conv": 4}},
     "L": {"pattern": "L", "attention": {"window": 5}},
     "S": {"pattern": "SM"},
     "S-lora-2blocks": {"pattern": "SM SD", "shared": {"n_blocks": 2, "lora_rank": 4, "lora_attention": True}},

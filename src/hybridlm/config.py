@@ -35,6 +35,7 @@ class AttentionConfig:
     qkv_bias: bool = False
     out_bias: bool = False
     scale: float | None = None  # None: head_dim ** -0.5
+    short_conv: int = 0  # depthwise causal conv of this width on q, k, v (Primer's MDHA); 0 = off
 
 
 @dataclass

@@ -8,6 +8,11 @@ heads (H_kv divides H), D head dim, d_in / d_out model widths (the shared Zamba 
 The mask allows key s for query t when pos_s <= pos_t and pos_t - pos_s < window (the window counts
 the query itself, Griffin's local attention), and never a padding key. Positions are per row, so
 left-padded prompts behave as if unpadded.
+
+Optional `short_conv` (Primer's multi-dconv-head attention, So et al. 2021): a depthwise causal conv
+of width k over q, k and v after projection. It hands attention the previous tokens, the step an
+induction head otherwise needs a second layer for; recall tasks are learned much sooner with it
+(the Zoology/Based recipe puts a short conv before every attention layer).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import EMPTY, KVCache
+from ..cache import EMPTY, KVCache, LayerState
 from .context import Context
+from .conv import CausalConv1d
 from .rope import RotaryEmbedding
 
 
@@ -37,6 +43,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         qkv_bias: bool = False,
         out_bias: bool = False,
+        short_conv: int = 0,
     ):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
@@ -48,6 +55,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(n_heads * head_dim, d_out, bias=out_bias)
         self.o_proj.residual_output = True
         self.rope = RotaryEmbedding(head_dim, rope_theta, rope_fraction) if rope else None
+        qkv_width = (n_heads + 2 * n_kv_heads) * head_dim
+        self.short_conv = CausalConv1d(qkv_width, short_conv, bias=False) if short_conv else None
 
     @classmethod
     def from_config(cls, config, char: str = "A", ordinal: int = 0) -> Attention:
@@ -65,27 +74,41 @@ class Attention(nn.Module):
             scale=options.scale,
             qkv_bias=options.qkv_bias,
             out_bias=options.out_bias,
+            short_conv=options.short_conv,
         )
 
-    def allocate_state(self, batch_size: int, max_len: int | None, device, dtype) -> KVCache:
-        return KVCache(
+    def allocate_state(self, batch_size: int, max_len: int | None, device, dtype) -> KVCache | LayerState:
+        """A KVCache; with a short conv, LayerState(kv=KVCache, conv=(B, q+k+v channels, k-1))."""
+        kv = KVCache(
             batch_size, self.n_kv_heads, self.head_dim, window=self.window, max_len=max_len, device=device, dtype=dtype
         )
+        if self.short_conv is None:
+            return kv
+        channels, width = self.short_conv.weight.shape[0], self.short_conv.kernel_size
+        return LayerState(kv=kv, conv=torch.zeros(batch_size, channels, width - 1, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor, state: KVCache | None, ctx: Context, adapters=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state, ctx: Context, adapters=None) -> torch.Tensor:
         """x (B, N, d_in) -> (B, N, d_out). `adapters`: optional LoRA modules added to q, k, v (Zamba2)."""
         batch, n_new, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if adapters is not None:
             q, k, v = q + adapters[0](x), k + adapters[1](x), v + adapters[2](x)
+        kv_state = state
+        if self.short_conv is not None:
+            qkv, conv_state = self.short_conv(
+                ctx.zero_padding(torch.cat([q, k, v], dim=-1)), None if state is None else state.conv
+            )
+            q, k, v = qkv.split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
+            if state is not None:
+                state.conv, kv_state = conv_state, state.kv
         q = q.view(batch, n_new, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         k = k.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = v.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope is not None:
             q, k = self.rope(q, ctx.positions), self.rope(k, ctx.positions)
         query_positions = ctx.positions if ctx.valid is None else ctx.positions.masked_fill(~ctx.valid, EMPTY)
-        if state is not None:
-            k, v, key_positions = state.update(k, v, query_positions)
+        if kv_state is not None:
+            k, v, key_positions = kv_state.update(k, v, query_positions)
         else:
             key_positions = query_positions
         if self.n_kv_heads != self.n_heads:  # GQA: each key/value head serves H / H_kv query heads
