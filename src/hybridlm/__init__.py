@@ -3,6 +3,7 @@
 from .checkpoint import CheckpointError, load, save
 from .config import ConfigError, ModelConfig
 from .data.tokenizer import ByteTokenizer, load_tokenizer
+from .hf import load_hf
 from .model import HybridLM
 from .pattern import PatternError
 from .presets import presets
@@ -15,6 +16,7 @@ __all__ = [
     "ModelConfig",
     "PatternError",
     "load",
+    "load_hf",
     "load_tokenizer",
     "presets",
     "save",

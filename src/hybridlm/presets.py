@@ -119,7 +119,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "zamba2": (
         "Mamba-2 with two shared blocks cycled A, B, A, B and per-invocation LoRA adapters",
         {
-            "base": {"shared": {"n_blocks": 2, "activation": "gelu", "lora_mlp": True}},
+            "base": {
+                "shared": {"n_blocks": 2, "activation": "gelu", "lora_mlp": True},
+                "mamba2": {"dt_limit": (1e-3, float("inf"))},  # Zamba2 clamps dt at time_step_min
+            },
             "tiny": {
                 "pattern": "(D D SD)*2",
                 "d_model": 64,
@@ -142,7 +145,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
                 "n_heads": 32,
                 "vocab_size": 32000,
                 "mlp": {"d_ff": 10240},
-                "mamba2": {"d_state": 64, "head_dim": 64, "chunk_size": 256, "dt_limit": (1e-3, float("inf"))},
+                "mamba2": {"d_state": 64, "head_dim": 64, "chunk_size": 256},
                 "shared": {"lora_rank": 128, "lora_attention": False},
             },
         },

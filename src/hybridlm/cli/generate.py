@@ -30,7 +30,11 @@ def run(args) -> None:
     if prompt.shape[1] == 0:
         raise ConfigError("--prompt is empty")
     sampling = dict(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_tokens=[tokenizer.eos_id]
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_tokens=[] if tokenizer.eos_id is None else [tokenizer.eos_id],
     )
     if args.stream:
         print(args.prompt, end="", flush=True)

@@ -28,12 +28,16 @@ class ByteTokenizer:
         """The byte tokenizer is the default: nothing to write."""
 
 
-class HFTokenizer:
-    """A `tokenizers.Tokenizer` (e.g. byte-level BPE) with an end-of-text token."""
+EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>")
 
-    def __init__(self, tokenizer, eos_token: str = "<|endoftext|>"):
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` (e.g. byte-level BPE); `eos_id` is its end-of-text token, or None."""
+
+    def __init__(self, tokenizer, eos_token: str | None = None):
         self.tokenizer = tokenizer
-        self.eos_id = tokenizer.token_to_id(eos_token)
+        candidates = (eos_token,) if eos_token else EOS_CANDIDATES
+        self.eos_id = next((i for i in map(tokenizer.token_to_id, candidates) if i is not None), None)
         self.vocab_size = tokenizer.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
