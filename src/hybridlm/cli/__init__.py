@@ -14,7 +14,7 @@ from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..pattern import PatternError
 
-VERBS = ["presets", "inspect", "train", "eval", "generate", "convert", "demo"]
+VERBS = ["presets", "inspect", "analyze", "train", "eval", "generate", "convert", "demo"]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 
 
