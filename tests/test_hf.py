@@ -171,6 +171,22 @@ def test_our_presets_export_to_their_family(tmp_path, preset, family):
         assert (hf_logits(reloaded, ids) - model(ids)).abs().max().item() <= 1e-4
 
 
+def test_convert_carries_the_tokenizer_both_ways(checkpoints, tmp_path):
+    from hybridlm.data.tokenizer import train_bpe
+
+    _, directory, _ = checkpoints("mamba")
+    hf_copy = tmp_path / "hf"
+    hf_copy.mkdir()
+    for file in directory.iterdir():
+        (hf_copy / file.name).write_bytes(file.read_bytes())
+    train_bpe(["a tiny corpus for a tiny tokenizer"] * 5, vocab_size=270, eos_token="</s>").save(hf_copy)
+    assert main(["convert", str(hf_copy), str(tmp_path / "ours")]) == 0
+    tokenizer = hybridlm.load_tokenizer(tmp_path / "ours")
+    assert tokenizer.eos_id is not None and tokenizer.decode(tokenizer.encode("a tiny corpus")) == "a tiny corpus"
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "back"), "--to-hf"]) == 0
+    assert (tmp_path / "back" / "tokenizer.json").read_bytes() == (hf_copy / "tokenizer.json").read_bytes()
+
+
 def test_convert_cli_imports_and_exports(checkpoints, tmp_path, capsys):
     reference, directory, _ = checkpoints("zamba")
     assert main(["convert", str(directory), str(tmp_path / "ours")]) == 0
