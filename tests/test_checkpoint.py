@@ -104,3 +104,26 @@ def test_bad_config_is_refused(tmp_path):
     (directory / "config.json").write_text(json.dumps({"pattern": "AQ"}))
     with pytest.raises(CheckpointError, match="column 2"):
         hybridlm.load(directory)
+
+
+def test_a_directory_with_other_files_is_never_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="refusing to replace it"):
+        hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    import os
+
+    hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "m")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_strict_json_config(tmp_path):
+    hybridlm.save(HybridLM(ModelConfig.from_preset("zamba2", "tiny")), tmp_path / "z")
+    text = (tmp_path / "z" / "config.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert hybridlm.load(tmp_path / "z").config.mamba2.dt_limit == (1e-3, float("inf"))

@@ -26,7 +26,7 @@ def test_help_lists_every_verb(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for verb in ("presets", "inspect", "generate", "demo"):
+    for verb in ("presets", "inspect", "analyze", "train", "eval", "generate", "convert", "demo"):
         assert verb in out
 
 
@@ -62,16 +62,48 @@ def test_inspect_directory_wins(capsys, tmp_path):
     "argv, message",
     [
         (["inspect", "(MF AX)*2"], "column 6 ('X')"),
-        (["inspect", "jambaa"], "did you mean the preset 'jamba'"),
+        (["inspect", "jambaa"], "did you mean 'jamba'"),
         (["inspect", "jamba", "--set", "mamba.d_sate=3"], "did you mean 'mamba.d_state'"),
         (["inspect", "jamba", "--set", "oops"], "must look like key=value"),
         (["generate", "/nonexistent/dir", "--prompt", "x"], "no such checkpoint directory"),
+        (["inspect", "(AF)*\u00b2"], "column 5 ('*')"),
+        (["inspect", "SM", "--set", "shared.n_kv_heads=5"], "shared.n_kv_heads = 5 must divide"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--top-k", "0"], "top_k must be >= 1"),
+        (["--max-new-tokens", "-3"], "max_new_tokens must be >= 0"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+    ],
+)
+def test_generate_refuses_bad_sampling_settings(capsys, tmp_path, flags, message):
+    hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "m")
+    code, _, err = run(capsys, "generate", str(tmp_path / "m"), "--prompt", "Hi", *flags)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_eval_refuses_tasks_the_model_cannot_read(capsys, tmp_path):
+    hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "m")
+    code, _, err = run(capsys, "eval", str(tmp_path / "m"), "--task", "mqar", "--task-set", "vocab_size=1000")
+    assert code == 2 and "vocab" in err
+    code, _, err = run(capsys, "eval", str(tmp_path / "m"), "--task", "passkey", "--task-set", "seq_len=8")
+    assert code == 2 and "passkey needs seq_len" in err
+
+
+def test_config_json_that_is_not_an_object_is_refused(capsys, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("[1, 2]")
+    code, _, err = run(capsys, "inspect", str(tmp_path / "m"))
+    assert code == 2 and "expected a JSON object" in err
 
 
 def test_generate_from_saved_directory(capsys, tmp_path):
@@ -108,5 +140,6 @@ def test_docs_presets_table_is_current():
 
 
 def test_demo_runs(capsys):
-    code, out, _ = run(capsys, "demo", "--seq-len", "32")
-    assert code == 0 and "stripedhyena" in out and "tokens/s" in out
+    code, out, _ = run(capsys, "demo", "--steps", "5")
+    assert code == 0 and "128.1 GiB" in out  # Llama-2-7B's KV cache at 256K tokens, bf16 (+ slot positions)
+    assert "hybrid (R A)" in out and "max |logits(token by token) - logits(full forward)|" in out

@@ -78,3 +78,9 @@ def test_unknown_preset_suggests():
         ModelConfig.from_preset("jambaa")
     with pytest.raises(ConfigError, match="unknown size"):
         ModelConfig.from_preset("jamba", "huge")
+
+
+def test_griffin_embedding_scale_follows_an_overridden_width():
+    assert ModelConfig.from_preset("griffin", "tiny").embedding_scale == 8.0
+    assert ModelConfig.from_preset("griffin", "tiny", d_model=128).embedding_scale == pytest.approx(128**0.5)
+    assert ModelConfig.from_preset("hawk", "tiny", d_model=128, embedding_scale=3.0).embedding_scale == 3.0

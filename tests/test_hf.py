@@ -233,7 +233,7 @@ def _broken(kind: str, source: Path, target: Path) -> list[str]:
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("missing directory", "no such directory"),
+        ("missing directory", "no such checkpoint directory"),
         ("missing config", "missing config.json"),
         ("unsupported model_type", "model_type 'llama' is not supported"),
         ("unsupported option", "hidden_act='tanh' is not supported"),

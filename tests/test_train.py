@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import hybridlm
-from hybridlm import ModelConfig
 from hybridlm.data.synthetic import IGNORE, MQAR, InductionHeads, Passkey, SelectiveCopy
 from hybridlm.train import TrainConfig, learning_rate, train
 
@@ -29,16 +28,22 @@ def test_mqar_values_follow_their_keys():
         assert all(pairs[int(row[p])] == int(targets[p]) for p in asked)
 
 
-@pytest.mark.parametrize(
-    "task", [Passkey(seq_len=40), SelectiveCopy(seq_len=40, n_tokens=5), InductionHeads(seq_len=30)]
-)
-def test_other_tasks_ask_for_tokens_present_earlier(task):
+@pytest.mark.parametrize("task", [Passkey(seq_len=40), InductionHeads(seq_len=30)])
+def test_recall_tasks_ask_for_tokens_present_earlier(task):
     batch = task.batch(4, seed=0, index=0)
     for row, targets in zip(batch.inputs, batch.targets):
         asked = (targets != IGNORE).nonzero().flatten()
         assert len(asked) > 0
         for position in asked:
-            assert int(targets[position]) in row[: int(position) + 1].tolist() or isinstance(task, SelectiveCopy)
+            assert int(targets[position]) in row[: int(position) + 1].tolist()
+
+
+def test_selective_copy_asks_for_the_data_tokens_in_order():
+    batch = SelectiveCopy(seq_len=40, n_tokens=5).batch(4, seed=0, index=0)
+    for row, targets in zip(batch.inputs, batch.targets):
+        data = row[:35][row[:35] >= 2]  # data tokens among the noise (0), before the 5 SEP markers (1)
+        assert torch.equal(row[35:], torch.ones(5, dtype=torch.long))
+        assert torch.equal(targets[35:], data) and (targets[:35] == IGNORE).all()
 
 
 def test_learning_rate_schedule():
@@ -153,9 +158,7 @@ def test_cli_train_errors_are_one_line(capsys):
     assert main(["train", "--resume"]) == 2
 
 
-def test_torchrun_ddp_on_cpu(tmp_path):
-    """Two gloo processes: rank 0 writes one checkpoint; DDP keeps the ranks' weights identical."""
-    out = tmp_path / "ddp"
+def _torchrun(out, strategy: str, port: int, *extra: str) -> None:
     command = [
         sys.executable,
         "-m",
@@ -163,32 +166,84 @@ def test_torchrun_ddp_on_cpu(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(port),
         "-m",
         "hybridlm.cli",
         "train",
-        "A M",
+        "A E",
         "--size",
         "tiny",
+        "--set",
+        "moe.n_experts=8",
+        "--set",
+        "moe.top_k=1",
         "--task",
         "mqar",
         "--task-set",
-        "seq_len=32",
+        "seq_len=16",
         "--task-set",
-        "n_pairs=4",
-        "--steps",
-        "4",
+        "n_pairs=2",
         "--batch-size",
-        "4",
+        "2",
         "--log-every",
         "2",
+        "--parallel",
+        strategy,
         "--out",
         str(out),
+        *extra,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    state = json.loads((out / "trainer_state.json").read_text())
-    assert state["step"] == 4
-    assert isinstance(hybridlm.load(out), hybridlm.HybridLM)
-    assert ModelConfig.from_json(out / "config.json").pattern == "A M"
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_torchrun_ddp_and_fsdp_agree_on_cpu(tmp_path):
+    """Two gloo processes, an MoE whose experts often get no token: DDP and FSDP train the same weights,
+    and an FSDP run stopped at step 2 and resumed ends where the uninterrupted one does."""
+    _torchrun(tmp_path / "ddp", "ddp", 29517, "--steps", "4")
+    _torchrun(tmp_path / "fsdp", "fsdp", 29518, "--steps", "4")
+    _torchrun(tmp_path / "resumed", "fsdp", 29519, "--steps", "2")
+    _torchrun(tmp_path / "resumed", "fsdp", 29520, "--steps", "4", "--resume")
+    ddp, fsdp, resumed = (hybridlm.load(tmp_path / name) for name in ("ddp", "fsdp", "resumed"))
+    for (name, a), b, c in zip(ddp.state_dict().items(), fsdp.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), name
+        assert torch.allclose(b, c, atol=1e-6), name
+    assert json.loads((tmp_path / "fsdp" / "trainer_state.json").read_text())["step"] == 4
+
+
+def test_cli_resume_keeps_the_saved_plan(tmp_path, capsys):
+    from hybridlm.cli import main
+
+    out = str(tmp_path / "run")
+    assert (
+        main(
+            [
+                "train",
+                "A",
+                "--size",
+                "tiny",
+                "--task",
+                "copy",
+                "--task-set",
+                "n_tokens=4",
+                "--task-set",
+                "seq_len=16",
+                "--lr",
+                "1e-4",
+                "--steps",
+                "2",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
+    assert main(["train", "transformer", "--size", "tiny", "--out", out, "--resume", "--steps", "3"]) == 2
+    assert "model config differs" in capsys.readouterr().err
+    assert main(["train", "--out", out, "--resume", "--lr", "3e-3", "--steps", "3"]) == 2
+    assert "these differ: lr" in capsys.readouterr().err
+    assert main(["train", "A", "--size", "tiny", "--out", out, "--resume", "--steps", "3"]) == 0
+    saved = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert saved["step"] == 3 and saved["train_config"]["task"] == "copy" and saved["train_config"]["lr"] == 1e-4

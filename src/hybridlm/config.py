@@ -16,146 +16,25 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .mixer_configs import (
+    SUBCONFIGS,
+    AttentionConfig,
+    BlendConfig,
+    HyenaConfig,
+    Mamba2Config,
+    MambaConfig,
+    MLPConfig,
+    MoEConfig,
+    RGLRUConfig,
+    SharedConfig,
+)
 from .pattern import SUBLAYER_NAMES, layer_chars
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # activation dtypes for running, converting and costing
 
 
 class ConfigError(ValueError):
     """An invalid configuration value or an unknown field (the message names the nearest valid one)."""
-
-
-@dataclass
-class AttentionConfig:
-    """Causal GQA attention (`A`) and its sliding-window form (`L`)."""
-
-    head_dim: int | None = None  # None: d_model // n_heads
-    rope: bool = True
-    rope_theta: float = 10000.0
-    rope_fraction: float = 1.0  # partial RoPE: rotate the first fraction of head_dim (RecurrentGemma 0.5)
-    window: int = 128  # `L`: the number of keys a query sees, itself included
-    qkv_bias: bool = False
-    out_bias: bool = False
-    scale: float | None = None  # None: head_dim ** -0.5
-    short_conv: int = 0  # depthwise causal conv of this width on q, k, v (Primer's MDHA); 0 = off
-
-
-@dataclass
-class MambaConfig:
-    """Mamba-1 selective SSM (`M`), Gu & Dao 2023."""
-
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | None = None  # None: ceil(d_model / 16)
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    conv_bias: bool = True
-    proj_bias: bool = False
-    n_heads: int = 1  # Zamba runs Mamba-1 as independent heads with their own x_proj/dt_proj
-    inner_norms: bool = False  # Jamba: RMSNorm on dt, B and C after x_proj
-
-
-@dataclass
-class Mamba2Config:
-    """Mamba-2 / SSD (`D`), Dao & Gu 2024."""
-
-    d_state: int = 64
-    d_conv: int = 4
-    expand: int = 2
-    head_dim: int = 64
-    n_groups: int = 1
-    chunk_size: int = 64  # 64 is fastest on CPU; the CUDA kernels use 256
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    dt_limit: tuple[float, float] = (0.0, math.inf)  # clamp of dt after softplus (Zamba2: (1e-3, inf))
-    conv_bias: bool = True
-    proj_bias: bool = False
-    norm_eps: float = 1e-5  # the gated RMSNorm before out_proj
-
-
-@dataclass
-class RGLRUConfig:
-    """Griffin's recurrent block with the RG-LRU (`R`), De et al. 2024."""
-
-    width: int | None = None  # D_RNN; None: round(4 * d_model / 3) rounded up to a multiple of n_heads
-    n_heads: int | None = None  # blocks of the block-diagonal gates; None: the model's n_heads
-    d_conv: int = 4
-    c: float = 8.0
-    a_min: float = 0.9  # a^c is initialised uniformly in [a_min, a_max]
-    a_max: float = 0.999
-    bias: bool = True  # on linear_x, linear_y, linear_out
-    activation: str = "gelu_tanh"
-
-
-@dataclass
-class HyenaConfig:
-    """Hyena order-2 operator (`H`) with a modal long filter h_t = Re sum_n R_n p_n^t (StripedHyena)."""
-
-    short_conv: int = 3
-    n_modes: int = 4  # complex poles per channel
-    decay_min: float = 0.5  # initial |p| spread in [decay_min, decay_max]
-    decay_max: float = 0.999
-    proj_bias: bool = True
-
-
-@dataclass
-class BlendConfig:
-    """Parallel alpha-blend (`P`): alpha * SSM(x) + (1 - alpha) * Attention(x), alpha per channel."""
-
-    ssm: str = "M"
-    attn: str = "A"
-    alpha_init: float = 0.0  # logit of alpha; 0 -> alpha = 0.5
-
-
-@dataclass
-class MLPConfig:
-    """Dense MLP (`F`): down(act(gate(x)) * up(x)) when gated."""
-
-    d_ff: int | None = None  # None: 8/3 * d_model rounded up to a multiple of 8 (gated) or 4 * d_model
-    activation: str = "silu"
-    gated: bool = True
-    bias: bool = False
-
-
-@dataclass
-class MoEConfig:
-    """Mixture-of-Experts MLP (`E`): top-k of n_experts gated MLPs, softmax router."""
-
-    n_experts: int = 8
-    top_k: int = 2
-    d_ff: int | None = None  # None: the MLP's d_ff
-    aux_loss_coef: float = 1e-2
-    normalize_top_k: bool = False  # Jamba: no renormalisation of the selected router weights
-
-
-@dataclass
-class SharedConfig:
-    """The shared attention + MLP block (`S`), Zamba / Zamba2."""
-
-    n_blocks: int = 1  # Zamba2 cycles 2 blocks A, B, A, B ...
-    n_heads: int | None = None  # None: the model's n_heads
-    n_kv_heads: int | None = None  # None: n_heads of the block
-    d_ff: int | None = None  # None: the MLP's d_ff
-    activation: str = "gelu"
-    rope: bool = False
-    lora_rank: int = 0  # per-invocation LoRA adapters (Zamba2); 0 = none
-    lora_attention: bool = False  # adapters on q, k, v (needs lora_rank > 0)
-    lora_mlp: bool = True  # adapter on the MLP's gate/up projection (needs lora_rank > 0)
-    scale: float | None = None  # None: (head_dim / 2) ** -0.5 as Zamba does
-
-
-SUBCONFIGS = {
-    "attention": AttentionConfig,
-    "mamba": MambaConfig,
-    "mamba2": Mamba2Config,
-    "rglru": RGLRUConfig,
-    "hyena": HyenaConfig,
-    "blend": BlendConfig,
-    "mlp": MLPConfig,
-    "moe": MoEConfig,
-    "shared": SharedConfig,
-}
 
 
 @dataclass
@@ -223,6 +102,19 @@ class ModelConfig:
         return self.rglru.width or heads * math.ceil(round(4 * self.d_model / 3) / heads)
 
     @property
+    def shared_heads(self) -> int:
+        return self.shared.n_heads or self.n_heads
+
+    @property
+    def shared_kv_heads(self) -> int:
+        return self.shared.n_kv_heads or self.shared_heads
+
+    @property
+    def shared_head_dim(self) -> int:
+        """The shared block attends over concat(x, embeddings): 2 * d_model split over its heads."""
+        return 2 * self.d_model // self.shared_heads
+
+    @property
     def dt_rank(self) -> int:
         return self.mamba.dt_rank or math.ceil(self.d_model / 16)
 
@@ -261,6 +153,11 @@ class ModelConfig:
             activation = getattr(self, name).activation
             if activation not in ACTIVATIONS:
                 raise ConfigError(f"{name}.activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        if "S" in chars and (2 * self.d_model % self.shared_heads or self.shared_heads % self.shared_kv_heads):
+            raise ConfigError(
+                f"shared block: its {self.shared_heads} heads must divide 2 * d_model = {2 * self.d_model} and "
+                f"shared.n_kv_heads = {self.shared_kv_heads} must divide them"
+            )
         if self.shared.lora_rank < 0 or self.shared.n_blocks < 1:
             raise ConfigError("shared.n_blocks must be >= 1 and shared.lora_rank >= 0")
 
@@ -270,7 +167,8 @@ class ModelConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             data[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-        data["mamba2"]["dt_limit"] = list(self.mamba2.dt_limit)
+        # strict JSON has no Infinity: an unbounded clamp is written as the string "inf"
+        data["mamba2"]["dt_limit"] = [bound if math.isfinite(bound) else str(bound) for bound in self.mamba2.dt_limit]
         data["layer_types"] = self.layer_types
         return data
 
@@ -311,7 +209,7 @@ class ModelConfig:
     def from_preset(cls, name: str, size: str = "small", **overrides) -> ModelConfig:
         from .presets import preset_config
 
-        return preset_config(name, size).with_overrides(overrides)
+        return preset_config(name, size, overrides)
 
     def with_overrides(self, overrides: dict) -> ModelConfig:
         """A copy with dotted (`mamba.d_state`) or nested (`mamba={...}`) overrides applied."""
@@ -341,15 +239,15 @@ def _set_dotted(data: dict, key: str, value) -> None:
     head, _, tail = key.partition(".")
     if tail:
         if head not in SUBCONFIGS:
-            raise ConfigError(f"unknown config section {head!r}{_nearest(head, SUBCONFIGS)}")
+            raise ConfigError(f"unknown config section {head!r}{nearest(head, SUBCONFIGS)}")
         names = [f.name for f in dataclasses.fields(SUBCONFIGS[head])]
         if tail not in names:
-            raise ConfigError(f"unknown field '{key}'{_nearest(tail, names, prefix=head + '.')}")
+            raise ConfigError(f"unknown field '{key}'{nearest(tail, names, prefix=head + '.')}")
         data[head][tail] = _coerce(SUBCONFIGS[head], tail, value)
     else:
         names = [f.name for f in dataclasses.fields(ModelConfig)]
         if head not in names:
-            raise ConfigError(f"unknown field {head!r}{_nearest(head, names + list(SUBCONFIGS))}")
+            raise ConfigError(f"unknown field {head!r}{nearest(head, names + list(SUBCONFIGS))}")
         data[head] = _coerce(ModelConfig, head, value)
 
 
@@ -387,7 +285,7 @@ def _build(cls, data: dict, prefix: str):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown field '{prefix}{key}'{_nearest(key, names, prefix=prefix)}")
+            raise ConfigError(f"unknown field '{prefix}{key}'{nearest(key, names, prefix=prefix)}")
     kwargs = dict(data)
     if cls is Mamba2Config and "dt_limit" in kwargs:
         kwargs["dt_limit"] = tuple(float(v) for v in kwargs["dt_limit"])
@@ -401,6 +299,7 @@ def _build(cls, data: dict, prefix: str):
         raise ConfigError(f"{cls.__name__}: {error}") from None
 
 
-def _nearest(name: str, candidates, prefix: str = "") -> str:
+def nearest(name: str, candidates, prefix: str = "") -> str:
+    """ "; did you mean 'x'?" for the closest candidate, or "" when none is close."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f"; did you mean '{prefix}{match[0]}'?" if match else ""

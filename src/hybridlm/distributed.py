@@ -1,8 +1,10 @@
 """Multi-device training through torch.distributed, applied from outside the single-device model.
 
 Launched with `torchrun --nproc_per_node N -m hybridlm.cli train ...`: each process reads RANK,
-WORLD_SIZE and LOCAL_RANK from the environment. DDP works on CPU (gloo) and CUDA (nccl); FSDP2
-(`fully_shard`) shards parameters, gradients and optimizer state on CUDA.
+WORLD_SIZE and LOCAL_RANK from the environment. DDP replicates the model; FSDP2 (`fully_shard`, one
+unit per sub-layer) shards parameters, gradients and optimizer state. Both run on CPU (gloo) and
+CUDA (nccl). Checkpoints hold full (unsharded) state dicts keyed by parameter name, so a run can
+resume under another strategy or world size.
 """
 
 from __future__ import annotations
@@ -47,15 +49,15 @@ def setup(device: str | None = None) -> World:
 
 
 def wrap(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
-    """Apply data parallelism: 'ddp' (all devices) or 'fsdp' (CUDA, FSDP2 per sub-layer)."""
+    """Apply data parallelism: 'ddp' or 'fsdp' (in place: the model's parameters become shards).
+
+    Build the optimizer after this call, from `model.parameters()`."""
     if world.size == 1:
         return model
     if strategy == "ddp":
         device_ids = [world.device.index] if world.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     if strategy == "fsdp":
-        if world.device.type != "cuda":
-            raise ValueError("FSDP needs CUDA devices here; use --parallel ddp on CPU")
         from torch.distributed.fsdp import fully_shard
 
         for layer in model.layers:
@@ -63,6 +65,26 @@ def wrap(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
         fully_shard(model)
         return model
     raise ValueError(f"unknown parallel strategy {strategy!r}: choose ddp or fsdp")
+
+
+def full_state_dicts(model: nn.Module, optimizer) -> tuple[dict, dict]:
+    """Full model and optimizer state dicts (on CPU, keyed by parameter name); call on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
+    """Load a full optimizer state dict from `full_state_dicts` into a (possibly sharded) optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_value(tensor: torch.Tensor) -> float:
+    """A scalar that may be a sharded DTensor (FSDP's gradient norm), as a float."""
+    return float(tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

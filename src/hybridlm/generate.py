@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from .config import ConfigError
+
 
 def generate(
     model,
@@ -51,7 +53,8 @@ def stream(
     """Yield a (B,) tensor of new tokens per step; -1 marks rows that have already stopped."""
     prompts = _as_rows(input_ids)
     if any(len(prompt) == 0 for prompt in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise ConfigError("every prompt needs at least one token")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     device = model.embed_tokens.weight.device
     ids, attention_mask = left_pad(prompts, device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -72,6 +75,18 @@ def stream(
             logits = model(tokens.clamp_min(0).unsqueeze(1), cache=cache)[:, -1]
     finally:
         model.train(was_training)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k, top_p) -> None:
+    """Refuse settings that cannot sample (they would fail deep inside torch.multinomial)."""
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
@@ -106,9 +121,9 @@ def left_pad(prompts: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.T
 def _as_rows(input_ids) -> list[torch.Tensor]:
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (B, N) or a list of 1-D tensors, got shape {tuple(input_ids.shape)}")
+            raise ConfigError(f"input_ids must be (B, N) or a list of 1-D tensors, got shape {tuple(input_ids.shape)}")
         return list(input_ids.long())
     rows = [torch.as_tensor(row, dtype=torch.long) for row in input_ids]
     if not rows or any(row.dim() != 1 for row in rows):
-        raise ValueError("input_ids must be (B, N) or a non-empty list of 1-D tensors")
+        raise ConfigError("input_ids must be (B, N) or a non-empty list of 1-D tensors")
     return rows

@@ -152,7 +152,7 @@ def _parse_count(text: str, position: int, close_position: int) -> tuple[int, in
     while position < len(text) and text[position].isspace():
         position += 1
     start = position
-    while position < len(text) and text[position].isdigit():
+    while position < len(text) and text[position] in "0123456789":  # not str.isdigit: it accepts '²'
         position += 1
     if start == position:
         raise PatternError(_at(text, star_position, "'*' must be followed by a repeat count K >= 1"))

@@ -7,7 +7,7 @@ byte-level vocabulary. Every paper preset cites its source.
 
 from __future__ import annotations
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, nearest
 
 SIZES = ("tiny", "small", "paper")
 BYTE_VOCAB = 264  # 256 bytes + special tokens (see data/tokenizer.py), a multiple of 8
@@ -278,25 +278,24 @@ def preset_description(name: str) -> str:
     return _lookup(name)[0]
 
 
-def preset_config(name: str, size: str = "small") -> ModelConfig:
+def preset_config(name: str, size: str = "small", overrides: dict | None = None) -> ModelConfig:
+    """The preset's config at `size` with dotted or nested `overrides` applied."""
     description, sizes = _lookup(name)
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
     fields: dict = {"vocab_size": BYTE_VOCAB}
     _merge(fields, sizes.get("base", {}))
     _merge(fields, sizes[size])
-    if fields.get("embedding_scale_bf16"):  # RecurrentGemma scales embeddings by sqrt(d), rounded to bf16
-        fields["embedding_scale"] = fields["d_model"] ** 0.5
-    return ModelConfig.from_dict(fields)
+    config = ModelConfig.from_dict(fields).with_overrides(overrides or {})
+    if config.embedding_scale_bf16 and "embedding_scale" not in (overrides or {}):
+        # RecurrentGemma scales embeddings by sqrt(d_model) (rounded to bf16): follow an overridden width
+        config.embedding_scale = config.d_model**0.5
+    return config
 
 
 def _lookup(name: str):
     if name not in PRESETS:
-        import difflib
-
-        match = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f"; did you mean {match[0]!r}?" if match else ""
-        raise ConfigError(f"unknown preset {name!r}{hint} (presets: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown preset {name!r}{nearest(name, PRESETS)} (presets: {', '.join(PRESETS)})")
     return PRESETS[name]
 
 

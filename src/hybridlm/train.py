@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .checkpoint import CheckpointError, load_weights, save
+from .analysis.routing import routing_metrics, routing_report
+from .checkpoint import CheckpointError, load_config, load_weights, save_state
 from .config import ConfigError, ModelConfig
 from .data.synthetic import IGNORE, make_task
 from .data.text import TextData
@@ -34,6 +35,16 @@ from .model import HybridLM
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+# settings a resumed run may change without changing the training itself
+FREE_ON_RESUME = {
+    "steps",
+    "parallel",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "save_every",
+    "gradient_checkpointing",
+}
 NO_DECAY = ("A_log", "D", "dt_bias", "dt_proj_bias", "a_param", "pole_rho", "pole_theta", "residue", "alpha_logit")
 
 
@@ -66,14 +77,18 @@ class TrainResult:
     final_eval: dict
 
 
-def make_data(config: TrainConfig, tokenizer):
-    """An object with batch(batch_size, seed, index, split) -> Batch."""
+def make_data(config: TrainConfig, tokenizer, model_vocab: int):
+    """An object with batch(batch_size, seed, index, split) -> Batch, checked to fit the model's vocabulary."""
     if config.task == "text":
         if not config.text_path:
             raise ConfigError("task 'text' needs --data PATH (a text file or a directory of .txt files)")
-        text = TextData.from_path(config.text_path, tokenizer)
-        return _TextTask(text, config.seq_len)
-    return make_task(config.task, **config.task_settings)
+        data, vocab = _TextTask(TextData.from_path(config.text_path, tokenizer), config.seq_len), tokenizer.vocab_size
+    else:
+        data = make_task(config.task, **config.task_settings)
+        vocab = data.vocab_size
+    if vocab > model_vocab:
+        raise ConfigError(f"the {config.task} data uses {vocab} token ids but the model's vocab_size is {model_vocab}")
+    return data
 
 
 @dataclass
@@ -93,35 +108,34 @@ def train(
     tokenizer=None,
     stop_at: int | None = None,
 ) -> TrainResult:
-    """Train a model from `model_config` (or continue the one in `out` when `resume`).
+    """Train a model from `model_config` (or continue the run saved in `out` when `resume`).
 
-    `stop_at`: leave after that step (saving when `out` is given), as an interrupted run would;
-    `resume=True` then continues it exactly."""
+    A resumed run must ask for the saved model and training settings (only `steps` may grow).
+    `stop_at`: leave after that step (saving when `out` is given), as an interrupted run would."""
     world = distributed.setup()
     torch.manual_seed(config.seed)
     tokenizer = tokenizer or ByteTokenizer()
     start_step, metrics = 0, []
-    state_path = Path(out) / STATE_FILE if out else None
-    if resume and state_path is not None and state_path.exists():
-        saved = json.loads(state_path.read_text())
-        saved_config = ModelConfig.from_dict(json.loads((Path(out) / "config.json").read_text()))
-        if saved_config != model_config:
-            raise CheckpointError(f"{out}: the saved model config differs from the requested one; drop --resume")
+    if resume and out and (Path(out) / STATE_FILE).exists():
+        start_step, metrics = _check_resumable(out, model_config, config)
         tokenizer = load_tokenizer(out)
-        start_step, metrics = saved["step"], saved.get("metrics", [])
     model = HybridLM(model_config).to(world.device)
     if start_step:
         load_weights(model, Path(out) / "model.safetensors")
-    data = make_data(config, tokenizer)
+    model.gradient_checkpointing = config.gradient_checkpointing
+    parallel_model = distributed.wrap(model, world, config.parallel)  # before the optimizer: FSDP swaps params
     optimizer = build_optimizer(model, config)
     if start_step:
-        optimizer_state = torch.load(Path(out) / OPTIMIZER_FILE, map_location=world.device, weights_only=True)
-        optimizer.load_state_dict(optimizer_state)
-    model.gradient_checkpointing = config.gradient_checkpointing
-    parallel_model = distributed.wrap(model, world, config.parallel)
+        saved_state = torch.load(Path(out) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        distributed.load_optimizer_state(model, optimizer, saved_state)
+    data = make_data(config, tokenizer, model_config.vocab_size)
     # bf16 autocast on CUDA only: this kind of CPU has no bf16 matmul units (50-500x slower than fp32)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
     log.info("training %s params on %s from step %d", f"{model.num_parameters():,}", config.task, start_step)
+
+    def save_at(step: int) -> None:
+        if out:
+            _save(model, optimizer, tokenizer, config, step, metrics, out, world)
 
     tokens_seen, clock = 0, time.perf_counter()
     for step in range(start_step, config.steps):
@@ -136,7 +150,7 @@ def train(
             aux = model.aux_loss()
         optimizer.zero_grad(set_to_none=True)
         (loss + aux).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
         optimizer.step()
         tokens_seen += inputs.numel() * world.size
         done = step + 1
@@ -146,7 +160,7 @@ def train(
                 "step": done,
                 "loss": loss.item(),
                 "aux": aux.item(),
-                "grad_norm": grad_norm.item(),
+                "grad_norm": grad_norm,
                 "lr": learning_rate(step, config),
                 "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                 **routing_summary(model),
@@ -157,11 +171,10 @@ def train(
             if world.is_main:
                 log.info(format_metrics(record))
             tokens_seen, clock = 0, time.perf_counter()
-        if out and config.save_every and done % config.save_every == 0 and done != config.steps:
-            _save(model, optimizer, tokenizer, config, done, metrics, out, world)
+        if config.save_every and done % config.save_every == 0 and done != config.steps:
+            save_at(done)
         if stop_at is not None and done == stop_at:
-            if out:
-                _save(model, optimizer, tokenizer, config, done, metrics, out, world)
+            save_at(done)
             distributed.teardown()
             return TrainResult(step=done, metrics=metrics, final_eval={})
     final = evaluate(model, data, config.batch_size, config.eval_batches, config.seed, world.device)
@@ -169,10 +182,23 @@ def train(
         metrics[-1].update(final)
     if world.is_main:
         log.info("final %s", format_metrics(final))
-    if out:
-        _save(model, optimizer, tokenizer, config, config.steps, metrics, out, world)
+    save_at(config.steps)
     distributed.teardown()
     return TrainResult(step=config.steps, metrics=metrics, final_eval=final)
+
+
+def _check_resumable(out, model_config: ModelConfig, config: TrainConfig) -> tuple[int, list]:
+    """The saved step and metrics, after checking the run asks for the saved model and settings."""
+    saved = json.loads((Path(out) / STATE_FILE).read_text())
+    if load_config(out) != model_config:
+        raise CheckpointError(f"{out}: the saved model config differs from the requested one; drop --resume")
+    planned = saved["train_config"]
+    changed = sorted(
+        k for k, v in dataclasses.asdict(config).items() if k not in FREE_ON_RESUME and planned.get(k) != v
+    )
+    if changed:
+        raise CheckpointError(f"{out}: resuming needs the saved training settings; these differ: {', '.join(changed)}")
+    return saved["step"], saved.get("metrics", [])
 
 
 def build_optimizer(model: HybridLM, config: TrainConfig) -> torch.optim.AdamW:
@@ -194,14 +220,11 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def routing_summary(model: HybridLM) -> dict:
-    """Across MoE layers: the largest expert load share and the lowest router entropy (collapse signs)."""
-    stats = [layer.mixer.stats for layer in model.layers if getattr(layer.mixer, "stats", None) is not None]
-    if not stats:
+    """The worst MoE layer's routing (load entropy, collapsed layers); logs a warning on collapse."""
+    if "E" not in model.config.chars:
         return {}
-    return {
-        "moe_max_load": max(float(s.load.max() / s.load.sum()) for s in stats),
-        "moe_min_entropy": min(float(s.entropy) for s in stats),
-    }
+    metrics = routing_metrics(routing_report(model))
+    return {key: value for key, value in metrics.items() if key.count("/") == 1}
 
 
 def format_metrics(record: dict) -> str:
@@ -212,21 +235,22 @@ def format_metrics(record: dict) -> str:
 
 
 def _save(model, optimizer, tokenizer, config, step, metrics, out, world) -> None:
-    if not world.is_main:
-        distributed.barrier()
-        return
-    buffer = io.BytesIO()
-    torch.save(optimizer.state_dict(), buffer)
-    state = {
-        "step": step,
-        "train_config": dataclasses.asdict(config),
-        "command": " ".join(sys.argv),
-        "metrics": metrics,
-    }
-    save(
-        model,
-        out,
-        tokenizer=tokenizer,
-        extra_files={STATE_FILE: json.dumps(state, indent=2) + "\n", OPTIMIZER_FILE: buffer.getvalue()},
-    )
+    """Every rank gathers the full state (FSDP needs all of them); rank 0 writes it atomically."""
+    model_state, optimizer_state = distributed.full_state_dicts(model, optimizer)
+    if world.is_main:
+        buffer = io.BytesIO()
+        torch.save(optimizer_state, buffer)
+        state = {
+            "step": step,
+            "train_config": dataclasses.asdict(config),
+            "command": " ".join(sys.argv),
+            "metrics": metrics,
+        }
+        save_state(
+            model.config,
+            model_state,
+            out,
+            tokenizer=tokenizer,
+            extra_files={STATE_FILE: json.dumps(state, indent=2) + "\n", OPTIMIZER_FILE: buffer.getvalue()},
+        )
     distributed.barrier()

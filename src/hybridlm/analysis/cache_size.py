@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ModelConfig
+from ..config import DTYPE_NAMES, ModelConfig
 from ..pattern import SUBLAYER_NAMES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 POSITION_BYTES = 8  # int64 position of each KV slot, per batch row (cache.KVCache.positions)
 FP32_BYTES = 4
 COMPLEX64_BYTES = 8
@@ -59,8 +59,7 @@ class LayerCache:
 def attention_shape(config: ModelConfig, char: str) -> tuple[int, int, int]:
     """(query heads, key/value heads, head dim) of an attention-type character (A, L or S)."""
     if char == "S":
-        heads = config.shared.n_heads or config.n_heads
-        return heads, config.shared.n_kv_heads or heads, 2 * config.d_model // heads
+        return config.shared_heads, config.shared_kv_heads, config.shared_head_dim
     return config.n_heads, config.kv_heads, config.head_dim
 
 

@@ -12,11 +12,11 @@ import csv
 import json
 import sys
 
+from ..config import DTYPE_NAMES
 from ..presets import presets
 from .common import add_model_flags, format_table, human, resolve_config
 
 HELP = "parameters, FLOPs and cache bytes at context length N (no weights allocated)"
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(parser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--seq-len", type=int, nargs="+", default=[2048], metavar="N", help="context length(s)")
     parser.add_argument("--batch", type=int, default=1, help="batch rows for cache bytes (default 1)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="activation / KV dtype")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="activation / KV dtype")
     add_model_flags(parser)
     parser.add_argument(
         "--simplified",

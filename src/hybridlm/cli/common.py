@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 
-from ..config import ModelConfig, parse_override
+from ..config import ModelConfig, nearest, parse_override
 from ..pattern import PatternError, format_pattern
 from ..presets import SIZES, preset_config, presets
 
@@ -28,20 +27,21 @@ def resolve_config(target: str, size: str = "small", overrides: list[str] | None
     from ..checkpoint import load_config
 
     if Path(target).is_dir():
-        config = load_config(target)
-    elif target in presets():
-        config = preset_config(target, size)
-    else:
+        return load_config(target).with_overrides(_parsed(overrides))
+    if target not in presets():
         try:
             format_pattern(target)
         except PatternError as error:
-            close = difflib.get_close_matches(target, presets(), n=1)
-            hint = f"did you mean the preset {close[0]!r}? " if close else f"presets: {', '.join(presets())}; "
+            hint = nearest(target, presets()) or f"; presets: {', '.join(presets())}"
             raise PatternError(
-                f"{target!r} is not a checkpoint directory, a preset or a valid pattern ({hint}as a pattern: {error})"
+                f"{target!r} is not a checkpoint directory, a preset or a valid pattern{hint} (as a pattern: {error})"
             ) from None
-        config = preset_config("transformer", size).with_overrides({"pattern": target})
-    return config.with_overrides(dict(parse_override(item) for item in overrides or []))
+        return preset_config("transformer", size, {"pattern": target, **_parsed(overrides)})
+    return preset_config(target, size, _parsed(overrides))
+
+
+def _parsed(overrides: list[str] | None) -> dict:
+    return dict(parse_override(item) for item in overrides or [])
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..config import DTYPE_NAMES
+
 HELP = "import a Hugging Face checkpoint (mamba, mamba2, jamba, bamba, zamba, zamba2, recurrent_gemma) or export one"
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(parser) -> None:
@@ -16,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--model-type", default=None, help="with --to-hf: the transformers family to write (default: inferred)"
     )
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="dtype of the written weights")
 
 
 def run(args) -> None:

@@ -41,7 +41,12 @@ def run(args) -> None:
         path = args.data or trained.get("text_path")
         if not path:
             raise ConfigError("task text needs --data PATH")
-        text = TextData.from_path(path, load_tokenizer(args.directory))
+        tokenizer = load_tokenizer(args.directory)
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {tokenizer.vocab_size} ids, the model has vocab_size {model.config.vocab_size}"
+            )
+        text = TextData.from_path(path, tokenizer)
         seq_len = args.seq_len or trained.get("seq_len") or 256
         position_loss = loss_by_position(model, text, seq_len, args.batch_size, args.batches)
         result = {
@@ -52,10 +57,12 @@ def run(args) -> None:
     else:
         settings = trained.get("task_settings", {}) if task == trained.get("task") else {}
         settings.update(dict(_typed(parse_override(item)) for item in args.task_set))
-        result = {
-            "task": task,
-            **evaluate(model, make_task(task, **settings), args.batch_size, args.batches, args.seed),
-        }
+        data = make_task(task, **settings)
+        if data.vocab_size > model.config.vocab_size:
+            raise ConfigError(
+                f"task {task} uses {data.vocab_size} token ids, the model has vocab_size {model.config.vocab_size}"
+            )
+        result = {"task": task, **evaluate(model, data, args.batch_size, args.batches, args.seed)}
     if args.json:
         print(json.dumps(result, indent=2))
     elif task == "text":
@@ -70,5 +77,7 @@ def run(args) -> None:
 
 
 def _training_settings(directory) -> dict:
-    state = Path(directory) / "trainer_state.json"
+    from ..train import STATE_FILE
+
+    state = Path(directory) / STATE_FILE
     return json.loads(state.read_text()).get("train_config", {}) if state.exists() else {}

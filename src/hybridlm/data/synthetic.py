@@ -83,6 +83,10 @@ class Passkey:
 
     def batch(self, batch_size: int, seed: int, index: int, split: str = "train") -> Batch:
         L, n = self.seq_len, self.n_digits
+        if L < 2 * n + 4 or self.vocab_size <= 16:
+            raise ConfigError(
+                f"passkey needs seq_len >= 2 * n_digits + 4 and vocab_size > 16 (L={L}, V={self.vocab_size})"
+            )
         g = batch_generator(seed, index, split)
         inputs = torch.randint(16, self.vocab_size, (batch_size, L), generator=g)
         targets = torch.full((batch_size, L), IGNORE)
@@ -109,6 +113,8 @@ class SelectiveCopy:
 
     def batch(self, batch_size: int, seed: int, index: int, split: str = "train") -> Batch:
         L, n = self.seq_len, self.n_tokens
+        if L < 2 * n or self.vocab_size < 3:
+            raise ConfigError(f"selective copy needs seq_len >= 2 * n_tokens and vocab_size >= 3 (L={L}, n={n})")
         g = batch_generator(seed, index, split)
         body = L - n
         positions = torch.sort(torch.argsort(torch.rand(batch_size, body, generator=g), 1)[:, :n], 1).values
@@ -133,6 +139,8 @@ class InductionHeads:
 
     def batch(self, batch_size: int, seed: int, index: int, split: str = "train") -> Batch:
         L = self.seq_len
+        if L < 4 or self.vocab_size < 2:
+            raise ConfigError(f"induction heads needs seq_len >= 4 and vocab_size >= 2 (L={L}, V={self.vocab_size})")
         g = batch_generator(seed, index, split)
         inputs = torch.randint(1, self.vocab_size, (batch_size, L), generator=g)
         where = torch.randint(0, L - 3, (batch_size,), generator=g)

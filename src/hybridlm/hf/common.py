@@ -161,16 +161,14 @@ def numerics(config: ModelConfig) -> dict:
 
 def _shared_numerics(config: ModelConfig) -> dict:
     shared = config.shared
-    n_heads = shared.n_heads or config.n_heads
-    head_dim = 2 * config.d_model // n_heads
     values = {
         "shared.n_blocks": shared.n_blocks,
-        "shared.n_heads": n_heads,
-        "shared.n_kv_heads": shared.n_kv_heads or n_heads,
+        "shared.n_heads": config.shared_heads,
+        "shared.n_kv_heads": config.shared_kv_heads,
         "shared.d_ff": shared.d_ff or config.d_ff,
         "shared.activation": shared.activation,
         "shared.rope": shared.rope,
-        "shared.scale": shared.scale or (head_dim / 2) ** -0.5,
+        "shared.scale": shared.scale or (config.shared_head_dim / 2) ** -0.5,
         "shared.lora_rank": shared.lora_rank,
     }
     if shared.rope:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..checkpoint import CheckpointError, _replace_directory
+from ..checkpoint import CheckpointError, atomic_directory, read_config_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,18 +28,7 @@ SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
 
 def read_config(directory: Path) -> dict:
     """config.json of a checkpoint directory, with transformers' encoded infinities decoded."""
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such directory")
-    path = directory / CONFIG_FILE
-    if not path.exists():
-        raise CheckpointError(f"{directory}: missing {CONFIG_FILE}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return _decode_floats(data)
+    return _decode_floats(read_config_json(directory))
 
 
 def _decode_floats(value):
@@ -141,13 +128,8 @@ class TensorSource:
 
 def write_checkpoint(directory: Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
     """Write config.json + model.safetensors to `directory`, replacing it atomically."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         (staging / CONFIG_FILE).write_text(json.dumps(_encode_floats(config), indent=2, sort_keys=True) + "\n")
         contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
         save_file(contiguous, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        _replace_directory(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory

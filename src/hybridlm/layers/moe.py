@@ -64,9 +64,9 @@ class MoE(nn.Module):
             top_probs = top_probs / top_probs.sum(-1, keepdim=True)
         output = torch.zeros_like(tokens)
         for expert_index, expert in enumerate(self.experts):
+            # every expert runs, on zero tokens if none chose it: its parameters then get a (zero)
+            # gradient on every rank, which DDP and FSDP's gradient reductions require
             token_index, slot = torch.where(top_experts == expert_index)
-            if token_index.numel() == 0:
-                continue
             weight = top_probs[token_index, slot].unsqueeze(-1).to(tokens.dtype)
             output.index_add_(0, token_index, expert(tokens[token_index]) * weight)
         valid = None if ctx is None or ctx.valid is None else ctx.valid.reshape(-1)

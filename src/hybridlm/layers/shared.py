@@ -30,14 +30,13 @@ class SharedBlock(nn.Module):
     def __init__(self, config):
         super().__init__()
         options, d = config.shared, config.d_model
-        n_heads = options.n_heads or config.n_heads
-        head_dim = 2 * d // n_heads
+        n_heads, head_dim = config.shared_heads, config.shared_head_dim
         self.input_norm = RMSNorm(2 * d, config.norm_eps, config.norm_offset)
         self.attention = Attention(
             2 * d,
             d,
             n_heads,
-            options.n_kv_heads or n_heads,
+            config.shared_kv_heads,
             head_dim,
             rope=options.rope,
             rope_theta=config.attention.rope_theta,
@@ -64,12 +63,11 @@ class SharedAttention(nn.Module):
         super().__init__()
         options, d = config.shared, config.d_model
         self.block_index = block_index
-        n_heads = options.n_heads or config.n_heads
-        self.n_kv_heads, self.head_dim = options.n_kv_heads or n_heads, 2 * d // n_heads
+        self.n_kv_heads, self.head_dim = config.shared_kv_heads, config.shared_head_dim
         self.linear = nn.Linear(d, d, bias=False)
         rank = options.lora_rank
         if rank and options.lora_attention:
-            q_width, kv_width = n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q_width, kv_width = config.shared_heads * self.head_dim, self.n_kv_heads * self.head_dim
             self.attention_adapters = nn.ModuleList(
                 [lora(2 * d, q_width, rank), lora(2 * d, kv_width, rank), lora(2 * d, kv_width, rank)]
             )
