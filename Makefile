@@ -10,22 +10,26 @@ BIN := $(VENV)/bin
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
 export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 
-.PHONY: demo test test-slow lint setup setup-test clean
+.PHONY: demo test test-slow lint bench setup setup-test clean
 
 demo: $(VENV)/.base
 	$(BIN)/hybridlm demo
 
 test: $(VENV)/.test
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-slow: $(VENV)/.test
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+# the quick benchmark suite (a few minutes on 2 cores); docs/benchmarks.md has the full runs
+bench: $(VENV)/.bench
+	$(BIN)/hybridlm bench --quick
 
 setup: $(VENV)/.base
 setup-test: $(VENV)/.test
@@ -38,6 +42,10 @@ $(VENV)/.base: pyproject.toml
 
 $(VENV)/.test: $(VENV)/.base constraints.txt
 	$(BIN)/pip install -e ".[dev,hf,kernels,analysis,plot]" -c constraints.txt $(PIP_EXTRA)
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.test
+	$(BIN)/pip install -e ".[bench]" -c constraints.txt $(PIP_EXTRA)
 	touch $@
 
 clean:

@@ -151,12 +151,13 @@ def test_routing_report_reads_every_moe_layer_and_warns_on_collapse(caplog):
     assert [row.index for row in rows] == moe_indices
     stats = model.layers[moe_indices[0]].mixer.stats
     assert rows[0].load == pytest.approx(stats.load.tolist()) and sum(rows[0].load) == pytest.approx(2.0)
-    model.layers[moe_indices[1]].mixer.stats = _stats([2.0, 0.0, 0.0, 0.0])
+    probs = torch.tensor([[0.6, 0.4, 0.0, 0.0]]).repeat(16, 1)  # every token routed to experts 0 and 1
+    model.layers[moe_indices[1]].mixer._routing = (probs, torch.tensor([[0, 1]]).repeat(16, 1), None)
     with caplog.at_level(logging.WARNING, logger="hybridlm.analysis.routing"):
         rows = routing_report(model)
     assert rows[1].collapsed and f"MoE sub-layer {moe_indices[1]} is collapsing" in caplog.text
     metrics = routing_metrics(rows)
-    assert metrics["moe/collapsed_layers"] >= 1 and metrics["moe/min_load_entropy"] == 0.0
+    assert metrics["moe/collapsed_layers"] >= 1 and metrics["moe/min_load_entropy"] == pytest.approx(0.5)
     assert metrics[f"moe/{moe_indices[0]}/aux"] == rows[0].aux
 
 

@@ -56,6 +56,7 @@ class KVCache:
         self.values = torch.zeros_like(self.keys)
         self.positions = torch.full((batch_size, capacity), EMPTY, dtype=torch.long, device=device)
         self.length = 0  # slots written so far (for the ring: tokens seen)
+        self.holds_padding = False  # a padding slot was stored: queries need a mask to skip it
 
     def nbytes(self) -> int:
         return _nbytes(self.keys) + _nbytes(self.values) + _nbytes(self.positions)

@@ -39,7 +39,7 @@ def generate(
     return rows
 
 
-@torch.no_grad()
+@torch.inference_mode()  # lighter than no_grad: no version counters on the cache's tensors
 def stream(
     model,
     input_ids,
@@ -69,8 +69,11 @@ def stream(
             tokens = sample(logits, temperature, top_k, top_p, generator)
             tokens = tokens.masked_fill(finished, -1)
             yield tokens
-            finished |= torch.isin(tokens, stop)
-            if bool(finished.all()) or step == max_new_tokens - 1:
+            if len(stop):
+                finished |= torch.isin(tokens, stop)
+                if bool(finished.all()):
+                    break
+            if step == max_new_tokens - 1:
                 break
             logits = model(tokens.clamp_min(0).unsqueeze(1), cache=cache)[:, -1]
     finally:

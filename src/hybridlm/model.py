@@ -166,7 +166,8 @@ class HybridLM(nn.Module):
     # ---- training helpers --------------------------------------------------------------------------
     def aux_loss(self) -> torch.Tensor:
         """MoE load-balancing loss of the last forward: sum over E layers of coef * E * sum f_i P_i."""
-        terms = [layer.mixer.stats.aux for layer in self.layers if getattr(layer.mixer, "stats", None) is not None]
+        stats = (getattr(layer.mixer, "stats", None) for layer in self.layers)
+        terms = [layer_stats.aux for layer_stats in stats if layer_stats is not None]
         if not terms:
             return torch.zeros((), device=self.embed_tokens.weight.device)
         return self.config.moe.aux_loss_coef * torch.stack(terms).sum()

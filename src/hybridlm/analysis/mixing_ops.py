@@ -126,7 +126,8 @@ def attention_operator(attention, s, ctx, kind, adapters=None, post=None) -> Mix
     k = k.view(1, length, kv_heads, head_dim).transpose(1, 2)
     v = v.view(1, length, kv_heads, head_dim).transpose(1, 2)
     if attention.rope is not None:
-        q, k = attention.rope(q, ctx.positions), attention.rope(k, ctx.positions)
+        rotations = attention.rope.rotations(ctx.positions)
+        q, k = attention.rope(q, rotations), attention.rope(k, rotations)
     k, v = (t.repeat_interleave(heads // kv_heads, dim=1)[0] for t in (k, v))  # (H, N, D)
     scores = (q[0].double() @ k.double().transpose(-1, -2)) * attention.scale  # (H, N, N)
     visible = attention_mask(ctx.positions[:1], ctx.positions[:1], attention.window)[0]  # (1, N, N)

@@ -13,8 +13,9 @@ import sys
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..pattern import PatternError
+from ..runtime import tune_allocator
 
-VERBS = ["presets", "inspect", "analyze", "train", "eval", "generate", "convert", "demo"]
+VERBS = ["presets", "inspect", "analyze", "train", "eval", "generate", "convert", "bench", "demo"]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
+    tune_allocator()  # glibc's mmap/trim thresholds: page zeroing doubled CPU training steps (runtime.py)
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:

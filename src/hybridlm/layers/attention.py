@@ -26,6 +26,8 @@ from .context import Context
 from .conv import CausalConv1d
 from .rope import RotaryEmbedding
 
+SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa
+
 
 class Attention(nn.Module):
     def __init__(
@@ -99,27 +101,36 @@ class Attention(nn.Module):
                 ctx.zero_padding(torch.cat([q, k, v], dim=-1)), None if state is None else state.conv
             )
             q, k, v = qkv.split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
-            if state is not None:
-                state.conv, kv_state = conv_state, state.kv
+            if state is not None:  # in place: the cache's tensors are allocated once
+                state.conv.copy_(conv_state)
+                kv_state = state.kv
         q = q.view(batch, n_new, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         k = k.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = v.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.rope is not None:
-            q, k = self.rope(q, ctx.positions), self.rope(k, ctx.positions)
+            rotations = self.rope.rotations(ctx.positions)
+            q, k = self.rope(q, rotations), self.rope(k, rotations)
         query_positions = ctx.positions if ctx.valid is None else ctx.positions.masked_fill(~ctx.valid, EMPTY)
         if kv_state is not None:
+            kv_state.holds_padding |= ctx.valid is not None
             k, v, key_positions = kv_state.update(k, v, query_positions)
         else:
             key_positions = query_positions
+        sdpa = {"scale": self.scale}
         if self.n_kv_heads != self.n_heads:  # GQA: each key/value head serves H / H_kv query heads
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        plain_causal = state is None and ctx.valid is None and self.window is None
-        if plain_causal:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+            if SDPA_HAS_GQA:  # without copying the cache H / H_kv times
+                sdpa["enable_gqa"] = True
+            else:
+                k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+                v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        unmasked = ctx.valid is None and self.window is None
+        if unmasked and kv_state is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **sdpa)
+        elif unmasked and n_new == 1 and not kv_state.holds_padding:  # decoding: every stored key is visible
+            y = F.scaled_dot_product_attention(q, k, v, **sdpa)
         else:
             mask = attention_mask(query_positions, key_positions, self.window)  # (B, 1, N, T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **sdpa)
         return self.o_proj(y.transpose(1, 2).reshape(batch, n_new, self.n_heads * self.head_dim))
 
 

@@ -6,8 +6,9 @@ one full pass give the same outputs.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..ops.dispatch import causal_conv1d
 
 
 class CausalConv1d(nn.Module):
@@ -27,12 +28,8 @@ class CausalConv1d(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, L, C), state (B, C, K-1) or None (zeros) -> y (B, L, C), new state (B, C, K-1)."""
-        x_t = x.transpose(1, 2)  # (B, C, L)
-        if state is None:
-            state = x_t.new_zeros(x_t.shape[0], x_t.shape[1], self.kernel_size - 1)
-        window = torch.cat([state.to(x_t.dtype), x_t], dim=2)  # (B, C, K-1+L)
-        y = F.conv1d(window, self.weight, self.bias, groups=x_t.shape[1])  # (B, C, L)
-        new_state = window[:, :, window.shape[2] - (self.kernel_size - 1) :]
-        return y.transpose(1, 2), new_state
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, silu: bool = False):
+        """x (B, L, C), state (B, C, K-1) or None (zeros) -> y (B, L, C) (SiLU'd if `silu`), new state.
+
+        Runs the fastest available kernel (ops/dispatch.py); ops/causal_conv.py is the reference."""
+        return causal_conv1d(x, self.weight, self.bias, state, silu)

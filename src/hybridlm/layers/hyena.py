@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import LayerState
-from ..ops.fftconv import fft_causal_conv, modal_filter, modal_prefill_state, modal_recurrence_ref, modal_state_response
+from ..ops.dispatch import modal_recurrence
+from ..ops.fftconv import fft_causal_conv, modal_filter, modal_prefill_state, modal_state_response
 from .context import Context
 from .conv import CausalConv1d
 
@@ -80,13 +81,14 @@ class Hyena(nn.Module):
         residue = torch.view_as_complex(self.residue.float())
         if state is not None and u.shape[1] == 1:
             poles = torch.exp(torch.complex(log_radius, angle))
-            z, modal_state = modal_recurrence_ref(gated, poles, residue, state.modal)
+            z, modal_state = modal_recurrence(gated, poles, residue, state.modal)
         else:
             z = fft_causal_conv(gated, modal_filter(log_radius, angle, residue, u.shape[1]))
             if state is not None:
                 z = z + modal_state_response(state.modal, log_radius, angle, residue, u.shape[1]).to(z.dtype)
                 modal_state = modal_prefill_state(gated, log_radius, angle, state.modal)
-        if state is not None:
-            state.conv, state.modal = conv_state, modal_state
+        if state is not None:  # in place: the cache's tensors are allocated once
+            state.conv.copy_(conv_state)
+            state.modal.copy_(modal_state)
         z = z + self.D * gated
         return self.out_proj(q * z)

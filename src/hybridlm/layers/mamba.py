@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import LayerState
-from ..ops.selective_scan import selective_scan_ref
+from ..ops.dispatch import mamba_decode_step, selective_scan
 from .context import Context
 from .conv import CausalConv1d
 from .norm import RMSNorm
@@ -83,15 +83,20 @@ class Mamba(nn.Module):
         Left padding is exact: x is zero at padding before and after the conv, so the state stays zero.
         """
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d_in) each
-        x, conv_state = self.conv(ctx.zero_padding(x), None if state is None else state.conv)
-        x = ctx.zero_padding(F.silu(x))
+        if state is not None and ctx.valid is None:  # decoding one token: a fused kernel when available
+            y = mamba_decode_step(self, x, z, state)
+            if y is not None:
+                return self.out_proj(y.to(u.dtype))
+        x, conv_state = self.conv(ctx.zero_padding(x), None if state is None else state.conv, silu=True)
+        x = ctx.zero_padding(x)
         dt, B, C = self.ssm_parameters(x)
-        y, ssm_state = selective_scan_ref(
-            x, dt, -torch.exp(self.A_log.float()), B, C, self.D, None if state is None else state.ssm
+        y, ssm_state = selective_scan(  # y * SiLU(z), the gate folded into the scan (ops/dispatch.py)
+            x, dt, -torch.exp(self.A_log.float()), B, C, self.D, z, None if state is None else state.ssm
         )
-        if state is not None:
-            state.conv, state.ssm = conv_state, ssm_state
-        return self.out_proj(y * F.silu(z))
+        if state is not None:  # in place: the cache's tensors are allocated once
+            state.conv.copy_(conv_state)
+            state.ssm.copy_(ssm_state)
+        return self.out_proj(y)
 
     def ssm_parameters(self, x: torch.Tensor):
         """x (b, l, d_in) -> dt (b, l, d_in), B and C (b, l, g, n)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import LayerState
-from ..ops.ssd import ssd_chunked
+from ..ops.dispatch import ssd
 from .context import Context
 from .conv import CausalConv1d
 
@@ -91,11 +91,11 @@ class Mamba2(nn.Module):
         batch, length, _ = u.shape
         options = self.options
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC, conv_state = self.conv(ctx.zero_padding(xBC), None if state is None else state.conv)
-        xBC = ctx.zero_padding(F.silu(xBC))
+        xBC, conv_state = self.conv(ctx.zero_padding(xBC), None if state is None else state.conv, silu=True)
+        xBC = ctx.zero_padding(xBC)
         x, B, C = xBC.split([self.d_inner, options.n_groups * options.d_state, options.n_groups * options.d_state], -1)
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*options.dt_limit)  # (b, l, h)
-        y, ssm_state = ssd_chunked(
+        y, ssm_state = ssd(
             x.view(batch, length, self.n_heads, options.head_dim),
             dt,
             -torch.exp(self.A_log.float()),
@@ -105,6 +105,7 @@ class Mamba2(nn.Module):
             None if state is None else state.ssm,
             chunk_size=options.chunk_size,
         )
-        if state is not None:
-            state.conv, state.ssm = conv_state, ssm_state
+        if state is not None:  # in place: the cache's tensors are allocated once
+            state.conv.copy_(conv_state)
+            state.ssm.copy_(ssm_state)
         return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))

@@ -36,7 +36,7 @@ class MoE(nn.Module):
         self.n_experts, self.top_k, self.normalize_top_k = n_experts, top_k, normalize_top_k
         self.router = nn.Linear(d_model, n_experts, bias=False)
         self.experts = nn.ModuleList(MLP(d_model, d_ff, activation, gated, bias) for _ in range(n_experts))
-        self.stats: RouterStats | None = None
+        self._routing: tuple | None = None  # (probs, top_experts, valid) of the last forward
 
     @classmethod
     def from_config(cls, config, char: str = "E", ordinal: int = 0) -> MoE:
@@ -56,22 +56,44 @@ class MoE(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor, state=None, ctx=None) -> torch.Tensor:
-        """x (B, N, d) -> (B, N, d); records `self.stats` for the aux loss and monitoring."""
+        """x (B, N, d) -> (B, N, d); keeps the routing for `self.stats` (aux loss, monitoring)."""
         tokens = x.reshape(-1, x.shape[-1])  # (T, d)
         probs = torch.softmax(self.router(tokens).float(), dim=-1)  # (T, E), fp32 as in Jamba
         top_probs, top_experts = probs.topk(self.top_k, dim=-1)  # (T, K)
         if self.normalize_top_k:
             top_probs = top_probs / top_probs.sum(-1, keepdim=True)
-        output = torch.zeros_like(tokens)
-        for expert_index, expert in enumerate(self.experts):
-            # every expert runs, on zero tokens if none chose it: its parameters then get a (zero)
-            # gradient on every rank, which DDP and FSDP's gradient reductions require
-            token_index, slot = torch.where(top_experts == expert_index)
-            weight = top_probs[token_index, slot].unsqueeze(-1).to(tokens.dtype)
-            output.index_add_(0, token_index, expert(tokens[token_index]) * weight)
+        training = torch.is_grad_enabled()
+        if not training and tokens.shape[0] * self.top_k <= self.n_experts:
+            output = self._few_tokens(tokens, top_probs.to(tokens.dtype), top_experts)
+        else:
+            output = torch.zeros_like(tokens)
+            for expert_index, expert in enumerate(self.experts):
+                token_index, slot = torch.where(top_experts == expert_index)
+                # in training every expert runs, on zero tokens if none chose it: its parameters then
+                # get a (zero) gradient on every rank, which DDP's and FSDP's reductions require
+                if token_index.numel() == 0 and not training:
+                    continue
+                weight = top_probs[token_index, slot].unsqueeze(-1).to(tokens.dtype)
+                output.index_add_(0, token_index, expert(tokens[token_index]) * weight)
         valid = None if ctx is None or ctx.valid is None else ctx.valid.reshape(-1)
-        self.stats = router_stats(probs, top_experts, self.n_experts, valid)
+        self._routing = (probs, top_experts, valid)
         return output.view_as(x)
+
+    def _few_tokens(self, tokens: torch.Tensor, top_probs: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor:
+        """Decoding: each of the T * K chosen (token, expert) pairs directly, no search over experts."""
+        rows = []
+        for token, (chosen, weights) in enumerate(zip(top_experts.tolist(), top_probs.unbind(0))):
+            one = tokens[token : token + 1]
+            rows.append(sum(weights[j] * self.experts[expert](one) for j, expert in enumerate(chosen)))
+        return torch.cat(rows)
+
+    @property
+    def stats(self) -> RouterStats | None:
+        """Routing statistics of the last forward, computed when asked (decoding never pays for them)."""
+        if self._routing is None:
+            return None
+        probs, top_experts, valid = self._routing
+        return router_stats(probs, top_experts, self.n_experts, valid)
 
 
 def router_stats(probs: torch.Tensor, top_experts: torch.Tensor, n_experts: int, valid=None) -> RouterStats:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import LayerState
-from ..ops.linear_scan import SqrtBoundDerivative, linear_scan_ref
+from ..ops.dispatch import rglru_scan
 from .context import Context
 from .conv import CausalConv1d
 from .mlp import ACTIVATION_FUNCTIONS
@@ -64,14 +64,9 @@ class RGLRU(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, initial_state=None):
         """x (b, l, w), positions (b, l) -> y (b, l, w), final state (b, w) fp32."""
         gate_i, gate_r = self.gates(x)
-        log_a = -self.c * gate_r.float() * F.softplus(self.a_param.float())  # (b, l, w)
-        a = torch.exp(log_a)
-        multiplier = SqrtBoundDerivative.apply(1 - torch.exp(2 * log_a))
-        reset = (positions == 0).unsqueeze(-1)  # document start: forget the past, keep the input whole
-        a = torch.where(reset, torch.zeros_like(a), a)
-        multiplier = torch.where(reset, torch.ones_like(multiplier), multiplier)
-        drive = x.float() * gate_i.float() * multiplier
-        states, final_state = linear_scan_ref(a, drive, initial_state)
+        log_a_scale = -self.c * F.softplus(self.a_param.float())  # (w,): log a_t = r_t * log_a_scale
+        reset = positions == 0  # document start: forget the past, keep the input whole
+        states, final_state = rglru_scan(x, gate_i, gate_r, log_a_scale, reset, initial_state)
         return states.to(x.dtype), final_state
 
 
@@ -103,6 +98,7 @@ class RecurrentBlock(nn.Module):
         x, conv_state = self.conv(ctx.zero_padding(self.linear_x(u)), None if state is None else state.conv)
         x = ctx.zero_padding(x)
         h, rnn_state = self.rg_lru(x, ctx.positions, None if state is None else state.rnn)
-        if state is not None:
-            state.conv, state.rnn = conv_state, rnn_state
+        if state is not None:  # in place: the cache's tensors are allocated once
+            state.conv.copy_(conv_state)
+            state.rnn.copy_(rnn_state)
         return self.linear_out(h * branch_y)

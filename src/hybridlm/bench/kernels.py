@@ -1,0 +1,181 @@
+"""Our fused CPU kernels against our PyTorch references, Hugging Face's MambaMixer torch path and mambapy.
+
+Shapes follow the measurements in the issue: d_model 256 (d_inner 512), d_state 16, batch 2, fp32.
+"fwd" runs under no_grad; "fwd+bwd" is the forward plus `sum().backward()`. The reference is the
+`unbind()` loop with the exponentials computed up front (ops/selective_scan.py): the best plain
+PyTorch loop. The Hugging Face path indexes `x[:, :, t]` inside its loop, so its backward is
+quadratic in L; its forward+backward is therefore timed at a shorter length.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..layers.context import Context
+from ..model import HybridLM
+from ..ops.dispatch import kernels, selective_scan
+from ..ops.selective_scan import selective_scan_ref
+from .timing import Row, best_time
+
+D_MODEL = 256
+
+
+def _backward_of(fn, inputs):
+    """A closure that runs fn on fresh leaves and backpropagates the sum of its first output."""
+
+    def run():
+        leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+        out = fn(*leaves)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+
+    return run
+
+
+def _no_grad(fn, inputs):
+    def run():
+        with torch.no_grad():
+            fn(*inputs)
+
+    return run
+
+
+def selective_scan_rows(lengths, batch: int = 2, d_inner: int = 2 * D_MODEL, d_state: int = 16, repeats: int = 3):
+    """The scan alone (with the D skip and SiLU(z) gate): our kernel vs the reference loop (and mambapy's pscan)."""
+    rows = []
+    for length in lengths:
+        x, z = torch.randn(batch, length, d_inner), torch.randn(batch, length, d_inner)
+        dt = F.softplus(torch.randn(batch, length, d_inner) - 3)
+        A = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        B, C = torch.randn(batch, length, 1, d_state), torch.randn(batch, length, 1, d_state)
+        inputs = [x, dt, A, B, C, torch.ones(d_inner), z]
+
+        def reference(x, dt, A, B, C, D, z):
+            return selective_scan_ref(x, dt, A, B, C, D)[0] * F.silu(z)
+
+        def ours(*args):
+            with kernels("cpu"):
+                return selective_scan(*args)
+
+        candidates = {"reference loop": reference}
+        if importlib.util.find_spec("mambapy") is not None:
+            from mambapy.mamba import MambaBlock
+
+            def mambapy_pscan(x, dt, A, B, C, D, z):
+                return MambaBlock.selective_scan(None, x, dt, A, B[:, :, 0], C[:, :, 0], D) * F.silu(z)
+
+            candidates["mambapy pscan"] = mambapy_pscan
+        for mode, wrap in (("fwd", _no_grad), ("fwd+bwd", _backward_of)):
+            ours_s = best_time(wrap(ours, inputs), repeats)
+            for baseline_name, baseline in candidates.items():
+                baseline_s = best_time(wrap(baseline, inputs), 1 if length > 2048 and mode == "fwd+bwd" else repeats)
+                rows.append(
+                    Row("kernels", f"Mamba-1 scan {mode} L={length}", ours_s, baseline_s, baseline_name, batch * length)
+                )
+    return rows
+
+
+def _layer_model(pattern: str, **fields) -> HybridLM:
+    config = ModelConfig.from_dict({"pattern": pattern, "d_model": D_MODEL, "n_heads": 8, "vocab_size": 264, **fields})
+    return HybridLM(config)
+
+
+def layer_rows(lengths, batch: int = 2, repeats: int = 2):
+    """Whole Mamba and RG-LRU layers, forward+backward: with our kernels vs with the reference scans."""
+    rows = []
+    for char, label in (("M", "Mamba layer"), ("R", "RG-LRU block")):
+        mixer = _layer_model(char).layers[0].mixer
+        for length in lengths:
+            ours_s = best_time(_layer_step(mixer, batch, length, "cpu"), repeats)
+            reference_s = best_time(_layer_step(mixer, batch, length, "reference"), 1 if length > 2048 else repeats)
+            rows.append(
+                Row("kernels", f"{label} fwd+bwd L={length}", ours_s, reference_s, "reference scans", batch * length)
+            )
+    return rows
+
+
+def _layer_step(mixer, batch: int, length: int, choice: str):
+    u = torch.randn(batch, length, D_MODEL)
+    ctx = Context(positions=torch.arange(length).expand(batch, length))
+
+    def run():
+        with kernels(choice):
+            mixer.zero_grad(set_to_none=True)
+            mixer(u, None, ctx).sum().backward()
+
+    return run
+
+
+def huggingface_mixer_rows(forward_length: int, backward_length: int, batch: int = 2, repeats: int = 2):
+    """Our Mamba layer vs transformers' MambaMixer (its CPU torch path) and mambapy's MambaBlock, same weights."""
+    if importlib.util.find_spec("transformers") is None:
+        return []
+    import transformers
+
+    from ..hf import save_hf
+
+    ours_model = _layer_model("M", tie_embeddings=True)
+    directory = tempfile.mkdtemp(prefix="hybridlm-bench-")
+    save_hf(ours_model, directory)
+    theirs_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    ours, theirs = ours_model.layers[0].mixer, theirs_model.backbone.layers[0].mixer
+    others = {"transformers MambaMixer": lambda u: theirs(u)}
+    if importlib.util.find_spec("mambapy") is not None:
+        from mambapy.mamba import MambaBlock, MambaConfig
+
+        block = MambaBlock(MambaConfig(d_model=D_MODEL, n_layers=1, d_state=16, dt_rank=ours.dt_rank))
+        block.load_state_dict(theirs.state_dict())
+        others["mambapy MambaBlock (pscan)"] = block
+    rows = []
+    for mode, length in (("fwd", forward_length), ("fwd+bwd", backward_length)):
+        u = torch.randn(batch, length, D_MODEL)
+        ctx = Context(positions=torch.arange(length).expand(batch, length))
+        wrap = _no_grad if mode == "fwd" else _backward_of
+        with kernels("cpu"):
+            ours_s = best_time(wrap(functools.partial(ours, state=None, ctx=ctx), [u]), repeats)
+        for name, module in others.items():
+            slow = name.startswith("transformers") and mode == "fwd+bwd"  # quadratic backward: time it once
+            baseline_s = best_time(wrap(module, [u]), 1 if slow else repeats, warmup=0 if slow else 1)
+            rows.append(Row("kernels", f"Mamba layer {mode} L={length}", ours_s, baseline_s, name, batch * length))
+    return rows
+
+
+def hyena_decode_rows(steps: int = 200, batch: int = 1):
+    """One Hyena layer's decoding step (modal recurrence + short conv): kernels vs references."""
+    mixer = _layer_model("H").layers[0].mixer.eval()
+    state = mixer.allocate_state(batch, None, "cpu", torch.float32)
+    u = torch.randn(batch, 1, D_MODEL)
+    ctx = Context(positions=torch.zeros(batch, 1, dtype=torch.long))
+
+    def decode(choice):
+        def run():
+            with kernels(choice), torch.no_grad():
+                for _ in range(steps):
+                    mixer(u, state, ctx)
+
+        return run
+
+    ours_s, reference_s = best_time(decode("cpu")), best_time(decode("reference"))
+    return [Row("kernels", f"Hyena decode step x{steps}", ours_s, reference_s, "reference recurrence", steps * batch)]
+
+
+def kernel_rows(quick: bool) -> list[Row]:
+    """The kernel suite; `quick` keeps it to about a minute on the 2-core dev CPU."""
+    if quick:
+        return (
+            selective_scan_rows([1024])
+            + layer_rows([1024])
+            + huggingface_mixer_rows(forward_length=1024, backward_length=256)
+            + hyena_decode_rows(steps=100)
+        )
+    return (
+        selective_scan_rows([1024, 4096])
+        + layer_rows([4096])
+        + huggingface_mixer_rows(forward_length=4096, backward_length=1024)
+        + hyena_decode_rows()
+    )

@@ -1,0 +1,88 @@
+"""`hybridlm bench`: speed and memory benchmarks, each implementation side by side in one process."""
+
+from __future__ import annotations
+
+import json
+
+from ..config import ConfigError
+
+HELP = "speed benchmarks: kernels vs references, models vs Hugging Face, training MFU, decoding vs context"
+SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of: {', '.join(SUITES)} (default: all)")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter sequences, fewer presets: a few minutes on a 2-core CPU"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch and numba threads (default 1: on a shared 2-core VM, 2 is slower)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per row instead of tables")
+
+
+def suite_rows(name: str, quick: bool, threads: int) -> list:
+    """Run one suite with its quick or full settings; returns `bench.timing.Row`s."""
+    from ..bench import allocator, context, decode_profile, kernels, models, training
+
+    if name == "kernels":
+        return kernels.kernel_rows(quick)
+    if name == "models":
+        if quick:
+            return models.model_rows(("jamba",), prefill_length=1024, new_tokens=64)
+        return models.model_rows()
+    if name == "training":
+        if quick:
+            return training.training_rows(("transformer", "mamba2", "mamba"), batch=2, seq_len=128, repeats=1)
+        return training.training_rows()
+    if name == "context":
+        if quick:
+            return context.jamba_kv_rows() + context.context_rows(contexts=(1024, 4096), steps=8)
+        return context.jamba_kv_rows() + context.context_rows()
+    if name == "decode-profile":
+        if quick:
+            return decode_profile.decode_profile_rows(("mamba",), steps=8)
+        return decode_profile.decode_profile_rows(("mamba", "jamba", "transformer"))
+    return allocator.allocator_rows(batch=2 if quick else 4, seq_len=128 if quick else 256, threads=threads)
+
+
+def run(args) -> None:
+    import torch
+
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        raise ConfigError(f"unknown benchmark suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
+    if args.threads < 1:
+        raise ConfigError("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    for name in args.suites or SUITES:
+        rows = suite_rows(name, args.quick, args.threads)
+        if args.json:
+            for row in rows:
+                print(json.dumps(row.to_dict()))
+        else:
+            print(f"\n== {name} ({'quick' if args.quick else 'full'}, {args.threads} thread(s)) ==")
+            print(format_rows(rows))
+
+
+def format_rows(rows) -> str:
+    from .common import format_table
+
+    table = []
+    for row in rows:
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
+        baseline = "" if row.baseline is None else f"{row.baseline_name} {_seconds(row.baseline)}"
+        notes = "  ".join(f"{key}={_value(value)}" for key, value in row.notes.items())
+        table.append([row.name, _seconds(row.ours), baseline, ratio, notes])
+    return format_table(["benchmark", "ours", "baseline", "speed-up", "notes"], table)
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

@@ -1,0 +1,198 @@
+"""Which implementation runs each recurrence: chosen once per process, logged once, overridable.
+
+    HYBRIDLM_KERNELS unset   the best available for each device (numba on CPU, mamba_ssm on CUDA)
+    HYBRIDLM_KERNELS=reference   plain PyTorch everywhere (the tested oracles in ops/*.py)
+    HYBRIDLM_KERNELS=cpu     numba kernels for CPU tensors (an error without numba); PyTorch on CUDA
+    HYBRIDLM_KERNELS=cuda    mamba_ssm / causal_conv1d for CUDA tensors (an error without them);
+                             PyTorch on CPU
+
+Every function here has the signature and result of its reference. float64 inputs always take
+the reference (the kernels compute in float32), and so does any call a CUDA kernel does not cover.
+Without gradients the numba forward runs directly, skipping autograd's bookkeeping: that matters
+when decoding one token at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from . import cuda_kernels
+from .causal_conv import causal_conv1d_ref, conv_state_after
+from .fftconv import modal_recurrence_ref
+from .linear_scan import rglru_scan_ref
+from .selective_scan import selective_scan_ref
+from .ssd import ssd_chunked, ssd_ref
+
+ENV_VAR = "HYBRIDLM_KERNELS"
+CHOICES = ("reference", "cpu", "cuda")
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    cpu: str  # "numba" or "reference"
+    cuda: str  # "mamba_ssm" or "reference"
+
+
+@functools.cache
+def kernel_choice() -> KernelChoice:
+    """Read HYBRIDLM_KERNELS and probe the optional packages, once per process."""
+    requested = os.environ.get(ENV_VAR, "").strip().lower()
+    if requested and requested not in CHOICES:
+        raise ConfigError(
+            f"{ENV_VAR}={requested!r} is not one of {', '.join(CHOICES)}; unset it to choose automatically"
+        )
+    has_numba = importlib.util.find_spec("numba") is not None
+    if requested == "cpu" and not has_numba:
+        raise ConfigError(f"{ENV_VAR}=cpu needs numba: pip install 'hybridlm[kernels]'")
+    probe_cuda = requested == "cuda" or (not requested and torch.cuda.is_available())
+    has_cuda_kernels = probe_cuda and cuda_kernels.available()
+    if requested == "cuda" and not has_cuda_kernels:
+        raise ConfigError(f"{ENV_VAR}=cuda needs mamba_ssm built for this GPU: pip install mamba-ssm causal-conv1d")
+    choice = KernelChoice(
+        cpu="numba" if has_numba and requested in ("", "cpu") else "reference",
+        cuda="mamba_ssm" if has_cuda_kernels and requested in ("", "cuda") else "reference",
+    )
+    logger.info("scan kernels: CPU -> %s, CUDA -> %s (%s=%s)", choice.cpu, choice.cuda, ENV_VAR, requested or "auto")
+    return choice
+
+
+@contextlib.contextmanager
+def kernels(choice: str):
+    """Run the block with HYBRIDLM_KERNELS=choice ("" = automatic), then restore the previous choice:
+    benchmarks and tests compare kernels with their references in one process, on the same weights."""
+    previous = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = choice
+    kernel_choice.cache_clear()
+    try:
+        kernel_choice()
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
+        kernel_choice.cache_clear()
+
+
+def backend_for(tensor: torch.Tensor) -> str:
+    """ "numba", "mamba_ssm" or "reference" for a call whose main input is `tensor`."""
+    if tensor.dtype == torch.float64:
+        return "reference"
+    if tensor.device.type == "cpu":
+        return kernel_choice().cpu
+    if tensor.device.type == "cuda":
+        return kernel_choice().cuda
+    return "reference"
+
+
+def _needs_autograd(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def selective_scan(x, dt, A, B, C, D=None, z=None, initial_state=None):
+    """Mamba-1 scan, then the gate: out = (C.h + D x) * SiLU(z) (b, l, d) in x's dtype, final state
+    (b, d, n) fp32. Shapes as `selective_scan_ref`; z (b, l, d) or None (no gate)."""
+    backend = backend_for(x)
+    if backend == "mamba_ssm":
+        result = cuda_kernels.selective_scan(x, dt, A, B, C, D, z, initial_state)
+        if result is not None:
+            return result[0].to(x.dtype), result[1].float()
+    if backend == "numba":
+        from .selective_scan_cpu import SelectiveScanFunction, selective_scan_forward
+
+        batch, _, channels = x.shape
+        if initial_state is None:
+            initial_state = x.new_zeros(batch, channels, A.shape[1], dtype=torch.float32)
+        D = x.new_zeros(channels) if D is None else D
+        gate = x.new_empty(0, 0, 0) if z is None else z
+        if _needs_autograd(x, dt, A, B, C, D, z, initial_state):
+            out, final_state = SelectiveScanFunction.apply(x, dt, A, B, C, D, gate, initial_state)
+        else:
+            out, final_state, _ = selective_scan_forward(x, dt, A, B, C, D, gate, initial_state)
+        return out.to(x.dtype), final_state
+    y, final_state = selective_scan_ref(x, dt, A, B, C, D, initial_state)
+    return (y if z is None else y * F.silu(z)), final_state
+
+
+def mamba_decode_step(mixer, x_in, z, state):
+    """One Mamba-1 token (conv, projections, scan, gate) in one numba call, updating `state` in place:
+    y (b, 1, d_in), or None where it does not apply (another backend, more than one token, autograd
+    on, or a cache that is not contiguous float32); the caller then runs its layer code."""
+    if backend_for(x_in) != "numba" or x_in.shape[1] != 1 or torch.is_grad_enabled():
+        return None
+    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
+        return None
+    from .mamba_step_cpu import mamba_decode_step as fused_step
+
+    return fused_step(mixer, x_in, z, state)
+
+
+def rglru_scan(x, gate_i, gate_r, log_a_scale, reset, initial_state=None):
+    """RG-LRU recurrence: all states (b, l, d) and the last (b, d), fp32. Shapes as `rglru_scan_ref`."""
+    if backend_for(x) != "numba":
+        return rglru_scan_ref(x, gate_i, gate_r, log_a_scale, reset, initial_state)
+    from .linear_scan_cpu import RGLRUScanFunction, rglru_scan_forward
+
+    if initial_state is None:
+        initial_state = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
+    if _needs_autograd(x, gate_i, gate_r, log_a_scale, initial_state):
+        return RGLRUScanFunction.apply(x, gate_i, gate_r, log_a_scale, reset, initial_state)
+    states = rglru_scan_forward(x, gate_i, gate_r, log_a_scale, reset, initial_state)
+    return states, (states[:, -1] if states.shape[1] else initial_state.float())
+
+
+def modal_recurrence(u, poles, residue, initial_state=None):
+    """Hyena's modal recurrence: y (b, l, d) in u's dtype and the final state (b, d, m) complex64."""
+    if backend_for(u) != "numba":
+        return modal_recurrence_ref(u, poles, residue, initial_state)
+    from .modal_cpu import ModalRecurrenceFunction, modal_recurrence_forward
+
+    if initial_state is None:
+        initial_state = torch.zeros(u.shape[0], *poles.shape, dtype=torch.complex64, device=u.device)
+    if _needs_autograd(u, poles, residue, initial_state):
+        y, final_state = ModalRecurrenceFunction.apply(u, poles, residue, initial_state)
+    else:
+        y, final_state, _ = modal_recurrence_forward(u, poles, residue, initial_state)
+    return y.to(u.dtype), final_state
+
+
+def causal_conv1d(x, weight, bias=None, state=None, silu: bool = False):
+    """Depthwise causal conv (then SiLU if `silu`): y (b, l, c) in x's dtype and the new window
+    (b, c, k-1). Shapes as `causal_conv1d_ref`; state None starts from zeros."""
+    backend = backend_for(x)
+    y = None
+    if backend == "mamba_ssm":
+        y = cuda_kernels.causal_conv1d(x, weight, bias, state, silu)
+    elif backend == "numba":
+        from .causal_conv_cpu import CausalConv1dFunction, causal_conv1d_forward
+
+        if _needs_autograd(x, weight, bias, state):
+            y = CausalConv1dFunction.apply(x, weight, bias, state, silu)
+        else:
+            y = causal_conv1d_forward(x, weight, bias, state, silu).to(x.dtype)
+    if y is None:
+        y = causal_conv1d_ref(x, weight, bias, state, silu)
+    return y, conv_state_after(x, state, weight.shape[-1])
+
+
+def ssd(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
+    """Mamba-2 SSD: y (b, l, h, p) and the final state (b, h, p, n). Shapes as `ssd.ssd_ref`.
+
+    On CPU the chunked matmul form is already the fast path (ssd.py; chunk 64 measured fastest here,
+    docs/benchmarks.md); CUDA uses mamba_ssm's Triton."""
+    if x.shape[1] == 1:  # a decoding step: the recurrence itself (chunking would pad it to a whole chunk)
+        return ssd_ref(x, dt, A, B, C, D, initial_state)
+    if backend_for(x) == "mamba_ssm":
+        y, final_state = cuda_kernels.ssd(x, dt, A, B, C, D, initial_state, chunk_size)
+        return y, final_state.float()
+    return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size=chunk_size)

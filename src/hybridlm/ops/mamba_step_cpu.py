@@ -1,0 +1,147 @@
+"""One Mamba-1 decoding step, from the in-projection's output to the gated SSM output, in one numba call.
+
+Glossary (layers/mamba.py): b batch, d_in channels, g heads (groups of channels), w = d_in / g,
+r dt rank, n state size, k conv width.
+
+Decoding one token through the mixer's torch code is ~100 small eager ops (about 0.45 ms at
+d_in = 96 here), while its arithmetic is a few thousand multiply-adds. This kernel does the
+same step, in the same order as the layer, for one token:
+
+    x      = SiLU(conv(window, x))              the window (b, d_in, k-1) shifts in place
+    [dt_r, B, C] = x_proj(x)                    per head, (g, r + 2n, w) weights
+    dt_r, B, C = RMSNorm(.)                     only with `inner_norms` (Jamba)
+    dt     = softplus(dt_proj(dt_r) + bias)
+    h      = exp(dt A) h + dt B x                (b, d_in, n), in place
+    y      = (C.h + D x) * SiLU(z)
+
+so the caller's conv and SSM states are updated in place and only y (b, d_in) is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+import torch
+from numba import njit
+
+from .numba_support import as_array, exp_nonpositive, sigmoid
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _rms_norm(v, weight, eps):
+    mean_square = np.float32(0.0)
+    for i in range(v.size):
+        mean_square += v[i] * v[i]
+    scale = np.float32(1.0) / np.sqrt(mean_square / v.size + eps)
+    for i in range(v.size):
+        v[i] = v[i] * scale * weight[i]
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _step(
+    x_in, z, conv_state, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, inner_norms, dt_norm, B_norm, C_norm, eps,
+    A, D, ssm_state, out,
+):  # fmt: skip
+    batch, channels = x_in.shape
+    width = conv_weight.shape[1]
+    heads, n_out, head_width = x_proj.shape
+    rank = dt_proj.shape[2]
+    d_state = A.shape[1]
+    x = np.empty(channels, np.float32)
+    projected = np.empty(n_out, np.float32)
+    dt = np.empty(head_width, np.float32)
+    for row in range(batch):
+        for c in range(channels):  # depthwise conv over (window, new input), then the window shifts
+            acc = conv_bias[c] + conv_weight[c, width - 1] * x_in[row, c]
+            for j in range(width - 1):
+                acc += conv_weight[c, j] * conv_state[row, c, j]
+            for j in range(width - 2):
+                conv_state[row, c, j] = conv_state[row, c, j + 1]
+            if width > 1:
+                conv_state[row, c, width - 2] = x_in[row, c]
+            x[c] = acc * sigmoid(acc)
+        for g in range(heads):
+            c0 = g * head_width
+            for o in range(n_out):
+                acc = np.float32(0.0)
+                for i in range(head_width):
+                    acc += x_proj[g, o, i] * x[c0 + i]
+                projected[o] = acc
+            if inner_norms:
+                _rms_norm(projected[:rank], dt_norm, eps)
+                _rms_norm(projected[rank : rank + d_state], B_norm, eps)
+                _rms_norm(projected[rank + d_state :], C_norm, eps)
+            for i in range(head_width):
+                acc = dt_bias[g, i]
+                for q in range(rank):
+                    acc += dt_proj[g, i, q] * projected[q]
+                dt[i] = acc if acc > 20 else math.log1p(math.exp(acc))  # softplus, torch's threshold 20
+            for i in range(head_width):
+                c = c0 + i
+                drive = dt[i] * x[c]
+                y = D[c] * x[c]
+                for k in range(d_state):
+                    h = exp_nonpositive(dt[i] * A[c, k]) * ssm_state[row, c, k] + drive * projected[rank + k]
+                    ssm_state[row, c, k] = h
+                    y += projected[rank + d_state + k] * h
+                out[row, c] = y * z[row, c] * sigmoid(z[row, c])
+
+
+_WEIGHT_ARRAYS = weakref.WeakKeyDictionary()  # mixer -> (key, numpy arrays of its weights)
+
+
+def _weight_arrays(mixer) -> tuple:
+    """The step's weights as numpy arrays (views when float32) and A = -exp(A_log), kept between
+    tokens: handing a dozen parameters to numba costs ~35 eager ops, more than the step itself.
+    Rebuilt when a parameter is replaced (new storage) or modified in place (its version moves)."""
+    conv, options = mixer.conv, mixer.options
+    norms = (mixer.dt_norm, mixer.B_norm, mixer.C_norm) if options.inner_norms else ()
+    parameters = [conv.weight, conv.bias, mixer.x_proj_weight, mixer.dt_proj_weight, mixer.dt_proj_bias]
+    parameters += [mixer.A_log, mixer.D] + [norm.weight for norm in norms]
+    key = tuple((p.data_ptr(), p._version) for p in parameters if p is not None)
+    cached = _WEIGHT_ARRAYS.get(mixer)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    channels = conv.weight.shape[0]
+    norm_arrays = [as_array(norm.weight) for norm in norms] or [np.ones(0, np.float32)] * 3
+    arrays = (
+        as_array(conv.weight.reshape(channels, -1)),
+        as_array(conv.bias) if conv.bias is not None else np.zeros(channels, np.float32),
+        as_array(mixer.x_proj_weight),
+        as_array(mixer.dt_proj_weight),
+        as_array(mixer.dt_proj_bias),
+        bool(options.inner_norms),
+        *norm_arrays,
+        np.float32(mixer.dt_norm.eps if norms else 0.0),
+        as_array(-torch.exp(mixer.A_log.detach().float())),
+        as_array(mixer.D),
+    )
+    _WEIGHT_ARRAYS[mixer] = (key, arrays)
+    return arrays
+
+
+def mamba_decode_step(mixer, x_in, z, state) -> torch.Tensor:
+    """x_in, z (b, 1, d_in) -> y (b, 1, d_in) fp32; updates state.conv and state.ssm in place.
+
+    `mixer` is a layers.mamba.Mamba; its cache tensors must be float32 and contiguous."""
+    batch, _, channels = x_in.shape
+    conv_weight, conv_bias, x_proj, dt_proj, dt_bias, *norms_and_eps, A, D = _weight_arrays(mixer)
+    out = torch.empty(batch, channels, dtype=torch.float32)
+    _step(
+        as_array(x_in.reshape(batch, channels)),
+        as_array(z.reshape(batch, channels)),
+        state.conv.numpy(),
+        conv_weight,
+        conv_bias,
+        x_proj,
+        dt_proj,
+        dt_bias,
+        *norms_and_eps,
+        A,
+        D,
+        state.ssm.numpy(),
+        out.numpy(),
+    )
+    return out.view(batch, 1, channels)

@@ -1,0 +1,122 @@
+"""What the numba kernels share: math that LLVM can vectorise, handing tensors to numba, and
+choosing between a kernel's threaded and serial builds.
+
+Kernels are cached on disk (`cache=True`) and numba invalidates a cached kernel only when its own
+source file changes: after editing this file alone, delete ops/__pycache__/*.nbi and *.nbc.
+
+numba calls libm's `expf` one element at a time (about 2.3 ns each here, and llvmlite has no SVML),
+which would dominate a scan kernel. `exp_nonpositive` is the classic Cody-Waite reduction
+exp(x) = 2^k exp(r), |r| <= ln2 / 2, with a degree-6 polynomial (Cephes `expf`) and 2^k built from
+its IEEE-754 bits: pure arithmetic, so a loop over it vectorises (about 0.2 ns an element, at most
+2e-7 relative error). Its argument is clamped at -87 (exp(-87) = 1.6e-38, the smallest normal
+float32 order): a decay that small is zero for every purpose here.
+"""
+
+from __future__ import annotations
+
+import os
+import types as pytypes
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+PARALLEL_MIN_WORK = 1 << 18  # elements a call touches below which the serial build runs
+
+# numba's default OpenMP layer loads the system libgomp next to torch's own: two pools whose idle
+# workers spin, and torch's eager ops after a kernel ran 5-80x slower here (a Mamba decoding step
+# 2-4.5 ms instead of 0.8 ms). The workqueue layer sleeps instead; it cannot nest parallel kernels
+# or launch them from two Python threads at once, which these kernels never do. Set before any
+# kernel runs; NUMBA_THREADING_LAYER, when set, wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 split in two so that k * ln2 is exact in float32
+_LN2_LO = np.float32(-2.12194440e-4)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (no conversion)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def exp_nonpositive(x):
+    """exp(x) for float32 x <= 0."""
+    x = max(x, np.float32(-87.0))
+    k = np.floor(x * _LOG2E + np.float32(0.5))  # np.floor stays float32 and vectorises; math.floor returns an int
+    r = x - k * _LN2_HI - k * _LN2_LO
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def expm1_nonpositive(x):
+    """exp(x) - 1 for float32 x <= 0, without the cancellation of exp(x) - 1 near 0 (a Taylor
+    polynomial there, error < 2e-9 relative); both branches are arithmetic, so it vectorises."""
+    if x > np.float32(-0.1):
+        p = np.float32(1.0 / 720.0)
+        p = p * x + np.float32(1.0 / 120.0)
+        p = p * x + np.float32(1.0 / 24.0)
+        p = p * x + np.float32(1.0 / 6.0)
+        p = p * x + np.float32(0.5)
+        return (p * x + np.float32(1.0)) * x
+    return exp_nonpositive(x) - np.float32(1.0)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def sigmoid(x):
+    """1 / (1 + exp(-x)) from exp of a non-positive number only, so it cannot overflow."""
+    e = exp_nonpositive(-abs(x))
+    return np.float32(1.0) / (np.float32(1.0) + e) if x >= 0 else e / (np.float32(1.0) + e)
+
+
+def as_array(t: torch.Tensor) -> np.ndarray:
+    """A float32, C-contiguous numpy view of a CPU tensor (a copy only when needed), outside autograd.
+
+    Written with cheap checks first: a decoding step converts a dozen small tensors per layer."""
+    if t.dtype != torch.float32:
+        t = t.float()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return (t.detach() if t.requires_grad else t).numpy()
+
+
+class Kernel:
+    """A kernel written with `prange`, compiled twice (lazily, cached on disk): threaded, and serial.
+
+    error_model="numpy" lets a float division by zero give inf instead of raising: without it numba
+    guards every division with a branch and the loop around it does not vectorise (10x slower).
+
+    Starting numba's threads costs ~45 us a call (workqueue layer) even for one thread, more than
+    a decoding step's arithmetic, so calls touching fewer than PARALLEL_MIN_WORK elements, or made
+    while torch uses one thread, run the serial build; the others use torch's thread count."""
+
+    def __init__(self, fn):
+        self.parallel = njit(parallel=True, fastmath=True, error_model="numpy", cache=True)(fn)
+        # numba's disk cache is named after the function, not its flags: give the serial copy its own name
+        serial = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__)
+        serial.__qualname__ = fn.__qualname__ + "_serial"
+        self.serial = njit(fastmath=True, error_model="numpy", cache=True)(serial)
+
+    def __call__(self, work: int, *args):
+        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        if threads > 1 and work >= PARALLEL_MIN_WORK:
+            numba.set_num_threads(threads)
+            return self.parallel(*args)
+        return self.serial(*args)
