@@ -196,3 +196,33 @@ def plot_context_curve(curve, path, title: str = "") -> Path:
     axis.set_title(title or "effective context length")
     axis.legend()
     return _save(fig, path)
+
+
+def plot_pareto(rows: list[dict], path, costs=("train_flops_per_token", "cache_bytes"), quality="accuracy") -> Path:
+    """Quality against each cost (log x), one panel per cost, the Pareto frontier drawn through."""
+    from ..sweep import pareto_front
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(costs), figsize=(6 * len(costs), 4.2), squeeze=False)
+    for axis, cost in zip(axes[0], costs):
+        for row in rows:
+            axis.scatter(row[cost], row[quality], color=plt.cm.viridis(row["attention_ratio"]), s=30, zorder=3)
+            axis.annotate(
+                row["pattern"], (row[cost], row[quality]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
+        front = pareto_front(rows, cost, quality)
+        axis.step(
+            [r[cost] for r in front],
+            [r[quality] for r in front],
+            where="post",
+            color="black",
+            lw=1,
+            label="Pareto frontier",
+        )
+        axis.set_xscale("log")
+        axis.set_xlabel(cost.replace("_", " "))
+        axis.set_ylabel(quality)
+        axis.legend(fontsize=8)
+    mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
+    fig.colorbar(mappable, ax=axes[0].tolist(), label="attention ratio r")
+    return _save(fig, path)

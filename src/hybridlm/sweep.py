@@ -1,0 +1,167 @@
+"""Design-space exploration: train a grid of hybrids on one task and report quality against cost.
+
+A sweep file (JSON) names a base config, a training recipe and the axes to vary:
+
+    {
+      "base":  {"d_model": 64, "n_heads": 2, "vocab_size": 264, "attention": {"short_conv": 3}},
+      "train": {"task": "mqar", "task_settings": {"seq_len": 64, "n_pairs": 8}, "steps": 300},
+      "hybrids": {"layers": 4, "ratios": [0, 0.25, 0.5, 1], "placements": ["spread", "bottom", "top"],
+                  "ssm": "R", "attn": "A", "ffn": ""},
+      "grid": {"mamba.d_state": [8, 16]},
+      "cost_seq_len": 8192
+    }
+
+`hybrids` generates layer patterns for attention ratios r and placements (`spread`: evenly
+interleaved, `bottom`: next to the embedding, `top`: next to the head, `random`: seeded); `attn`
+may be "S", the shared block, which then feeds the SSM at its place. `grid` is a cartesian product
+of dotted config overrides (a `pattern` axis takes literal patterns). Every point is trained with
+the same recipe and measured: held-out loss and accuracy, parameters, FLOPs per token, cache
+bytes at `cost_seq_len`. The Pareto frontier keeps the points no other point beats on both
+quality and a cost. Rows carry `params`, `tokens`, `loss` and `attention_ratio`, the columns the
+scaling fit (`hybridlm analyze --scaling-fit`) reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+from .analysis.cache_size import cache_bytes
+from .analysis.flops import model_flops
+from .analysis.params import active_parameters, build_meta
+from .config import ConfigError, ModelConfig
+from .pattern import attention_ratio, format_pattern
+from .train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+PLACEMENTS = ("spread", "bottom", "top", "random")
+SWEEP_KEYS = {"name", "base", "train", "hybrids", "grid", "cost_seq_len", "seed"}
+
+
+def hybrid_pattern(
+    layers: int, ratio: float, placement: str, ssm: str = "M", attn: str = "A", ffn: str = "", seed: int = 0
+) -> str:
+    """A pattern of `layers` mixers, round(ratio * layers) of them attention, placed as asked."""
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
+    n_attention = round(ratio * layers)
+    if placement == "spread":  # evenly interleaved; one in eight sits at offset 4, as in Jamba
+        chosen = {int((i + 0.5) * layers / n_attention) for i in range(n_attention)} if n_attention else set()
+    elif placement == "bottom":
+        chosen = set(range(n_attention))
+    elif placement == "top":
+        chosen = set(range(layers - n_attention, layers))
+    else:
+        chosen = set(random.Random(seed).sample(range(layers), n_attention))
+    words = []
+    for index in range(layers):
+        if index not in chosen:
+            words.append(ssm + ffn)
+        else:
+            words.append(("S" + ssm if attn == "S" else attn) + ffn)
+    return format_pattern(" ".join(words))
+
+
+def sweep_points(spec: dict) -> list[dict]:
+    """The overrides of every point: generated hybrid patterns x the grid's cartesian product."""
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown sweep keys: {', '.join(sorted(unknown))} (known: {', '.join(sorted(SWEEP_KEYS))})")
+    grid = dict(spec.get("grid", {}))
+    patterns = list(grid.pop("pattern", []))
+    hybrids = spec.get("hybrids")
+    if hybrids:
+        options = {key: hybrids[key] for key in ("ssm", "attn", "ffn") if key in hybrids}
+        for ratio, placement in itertools.product(hybrids.get("ratios", [0.0]), hybrids.get("placements", ["spread"])):
+            pattern = hybrid_pattern(hybrids["layers"], ratio, placement, seed=spec.get("seed", 0), **options)
+            if pattern not in patterns:
+                patterns.append(pattern)
+    axes = ([("pattern", patterns)] if patterns else []) + list(grid.items())
+    if not axes:
+        raise ConfigError("the sweep varies nothing: give `hybrids` or a `grid`")
+    keys = [key for key, _ in axes]
+    return [dict(zip(keys, values)) for values in itertools.product(*(values for _, values in axes))]
+
+
+def run_sweep(spec: dict, out=None, progress=None) -> list[dict]:
+    """Train and measure every point; with `out`, results are appended to out/results.json as they
+    come and points already there are skipped, so an interrupted sweep continues where it stopped."""
+    base = ModelConfig.from_dict({"pattern": "A", **spec.get("base", {})})
+    try:
+        recipe = TrainConfig(**spec.get("train", {}))
+    except TypeError as error:
+        raise ConfigError(f"sweep `train`: {error}") from None
+    cost_len = int(spec.get("cost_seq_len", 8192))
+    results_path = Path(out) / "results.json" if out else None
+    rows = json.loads(results_path.read_text()) if results_path and results_path.exists() else []
+    done = {json.dumps(row["overrides"], sort_keys=True) for row in rows}
+    for overrides in sweep_points(spec):
+        key = json.dumps(overrides, sort_keys=True)
+        if key in done:
+            continue
+        config = base.with_overrides(overrides)
+        start = time.perf_counter()
+        result = train(config, dataclasses.replace(recipe))
+        rows.append(measure(config, recipe, cost_len, result.final_eval, overrides, time.perf_counter() - start))
+        if results_path is not None:
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = results_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(rows, indent=2) + "\n")
+            temporary.replace(results_path)
+        if progress is not None:
+            progress(rows[-1])
+    return rows
+
+
+def measure(config: ModelConfig, recipe: TrainConfig, cost_len: int, final: dict, overrides: dict, seconds: float):
+    """One result row: quality, size, compute and memory of a trained point."""
+    model = build_meta(config)
+    seq_len = recipe.task_settings.get("seq_len", recipe.seq_len)
+    return {
+        "overrides": overrides,
+        "pattern": format_pattern(config.pattern),
+        "attention_ratio": attention_ratio(config.chars),
+        "params": model.num_parameters(),
+        "active_params": active_parameters(model),
+        "tokens": recipe.steps * recipe.batch_size * seq_len,
+        "loss": final["eval_loss"],
+        "accuracy": final["eval_accuracy"],
+        "train_flops_per_token": model_flops(config, seq_len).training_per_token,
+        "decode_flops_per_token": model_flops(config, cost_len).decode_per_token,
+        "cache_bytes": sum(row.total for row in cache_bytes(config, cost_len, 1, "float32")),
+        "cost_seq_len": cost_len,
+        "seconds": seconds,
+    }
+
+
+def pareto_front(rows: list[dict], cost: str, quality: str = "accuracy") -> list[dict]:
+    """The rows no other row beats on both: at least as good quality at strictly lower cost, or
+    better quality at no more cost. Sorted by cost."""
+    front = []
+    for row in rows:
+        dominated = any(
+            (other[quality] >= row[quality] and other[cost] < row[cost])
+            or (other[quality] > row[quality] and other[cost] <= row[cost])
+            for other in rows
+        )
+        if not dominated:
+            front.append(row)
+    return sorted(front, key=lambda row: row[cost])
+
+
+def load_spec(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such sweep file")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a sweep file is a JSON object")
+    return spec
