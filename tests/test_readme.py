@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ def readme_blocks():
 
 
 def test_readme_commands_run(tmp_path):
+    """Run from a scratch copy of the repository's data files, as a user in the checkout would."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     ran = 0
     for language, body in readme_blocks():
