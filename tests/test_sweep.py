@@ -98,3 +98,13 @@ def test_sweep_cli_writes_results_and_plot(tmp_path, capsys):
     header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0].split(",")
     assert {"params", "tokens", "loss", "attention_ratio"} <= set(header)  # what the scaling fit reads
     assert main(["sweep", str(tmp_path / "missing.json")]) == 2
+
+
+def test_train_axes_vary_the_recipe(tmp_path):
+    spec = {**SPEC, "grid": {"pattern": ["M A"], "train.steps": [1, 2]}}
+    rows = run_sweep(spec)
+    assert [row["tokens"] for row in rows] == [1 * 4 * 16, 2 * 4 * 16]
+    assert [row["overrides"] for row in rows] == [
+        {"pattern": "M A", "train.steps": 1},
+        {"pattern": "M A", "train.steps": 2},
+    ]

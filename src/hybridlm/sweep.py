@@ -14,8 +14,9 @@ A sweep file (JSON) names a base config, a training recipe and the axes to vary:
 `hybrids` generates layer patterns for attention ratios r and placements (`spread`: evenly
 interleaved, `bottom`: next to the embedding, `top`: next to the head, `random`: seeded); `attn`
 may be "S", the shared block, which then feeds the SSM at its place. `grid` is a cartesian product
-of dotted config overrides (a `pattern` axis takes literal patterns). Every point is trained with
-the same recipe and measured: held-out loss and accuracy, parameters, FLOPs per token, cache
+of dotted config overrides (a `pattern` axis takes literal patterns; `train.<field>` axes vary
+the recipe, e.g. `train.steps` for the data term of a scaling fit). Every point is trained and
+measured: held-out loss and accuracy, parameters, FLOPs per token, cache
 bytes at `cost_seq_len`. The Pareto frontier keeps the points no other point beats on both
 quality and a cost. Rows carry `params`, `tokens`, `loss` and `attention_ratio`, the columns the
 scaling fit (`hybridlm analyze --scaling-fit`) reads.
@@ -104,10 +105,12 @@ def run_sweep(spec: dict, out=None, progress=None) -> list[dict]:
         key = json.dumps(overrides, sort_keys=True)
         if key in done:
             continue
-        config = base.with_overrides(overrides)
+        model_overrides = {k: v for k, v in overrides.items() if not k.startswith("train.")}
+        point_recipe = dataclasses.replace(recipe, **{k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
+        config = base.with_overrides(model_overrides)
         start = time.perf_counter()
-        result = train(config, dataclasses.replace(recipe))
-        rows.append(measure(config, recipe, cost_len, result.final_eval, overrides, time.perf_counter() - start))
+        result = train(config, point_recipe)
+        rows.append(measure(config, point_recipe, cost_len, result.final_eval, overrides, time.perf_counter() - start))
         if results_path is not None:
             results_path.parent.mkdir(parents=True, exist_ok=True)
             temporary = results_path.with_suffix(".tmp")
