@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..config import ConfigError, ModelConfig
 from .common import compact_pattern, hf_layers, require, rope_fields, rope_parameters, with_defaults
-from .rules import MAMBA2_NAMES, prefixed, rename
+from .rules import MAMBA2_NAMES, decoder_rules
 
 MODEL_TYPE = "bamba"
 ARCHITECTURE = "BambaForCausalLM"
@@ -121,17 +121,4 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 
 def rules(config: ModelConfig, names: list[str]):
-    found = [
-        rename("embed_tokens.weight", "model.embed_tokens.weight"),
-        rename("final_norm.weight", "model.final_layernorm.weight"),
-    ]
-    for layer in range(len(config.chars) // 2):
-        mixer, ffn, prefix = 2 * layer, 2 * layer + 1, f"model.layers.{layer}."
-        found.append(rename(f"layers.{mixer}.norm.weight", prefix + "input_layernorm.weight"))
-        found.append(rename(f"layers.{ffn}.norm.weight", prefix + "pre_ff_layernorm.weight"))
-        if config.chars[mixer] == "D":
-            found += prefixed(names, f"layers.{mixer}.mixer.", prefix + "mamba.", MAMBA2_NAMES)
-        else:
-            found += prefixed(names, f"layers.{mixer}.mixer.", prefix + "self_attn.")
-        found += prefixed(names, f"layers.{ffn}.mixer.", prefix + "feed_forward.")
-    return found
+    return decoder_rules(config, names, "D", MAMBA2_NAMES)

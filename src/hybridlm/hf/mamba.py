@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..config import ConfigError, ModelConfig
 from .common import compact_pattern, dt_rank, require, with_defaults
-from .rules import MAMBA1_NAMES, prefixed, rename
+from .rules import MAMBA1_NAMES, backbone_rules
 
 MODEL_TYPE = "mamba"
 ARCHITECTURE = "MambaForCausalLM"
@@ -83,11 +83,4 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 
 def rules(config: ModelConfig, names: list[str]):
-    found = [
-        rename("embed_tokens.weight", "backbone.embeddings.weight"),
-        rename("final_norm.weight", "backbone.norm_f.weight"),
-    ]
-    for index in range(len(config.chars)):
-        found.append(rename(f"layers.{index}.norm.weight", f"backbone.layers.{index}.norm.weight"))
-        found += prefixed(names, f"layers.{index}.mixer.", f"backbone.layers.{index}.mixer.", MAMBA1_NAMES)
-    return found
+    return backbone_rules(config, names, MAMBA1_NAMES)

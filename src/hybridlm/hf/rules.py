@@ -98,6 +98,36 @@ def prefixed(names, our_prefix: str, their_prefix: str, table: dict | None = SAM
     return rules
 
 
+def backbone_rules(config, names, mixer_names: dict) -> list[Rule]:
+    """Mamba / Mamba2: `backbone.` embeddings, one norm + mixer per layer, `norm_f`."""
+    found = [
+        rename("embed_tokens.weight", "backbone.embeddings.weight"),
+        rename("final_norm.weight", "backbone.norm_f.weight"),
+    ]
+    for index in range(len(config.chars)):
+        found.append(rename(f"layers.{index}.norm.weight", f"backbone.layers.{index}.norm.weight"))
+        found += prefixed(names, f"layers.{index}.mixer.", f"backbone.layers.{index}.mixer.", mixer_names)
+    return found
+
+
+def decoder_rules(config, names, ssm_char: str, ssm_names: dict) -> list[Rule]:
+    """Jamba / Bamba: `model.layers.i` = mixer (SSM as `mamba.`, attention as `self_attn.`) + FFN."""
+    found = [
+        rename("embed_tokens.weight", "model.embed_tokens.weight"),
+        rename("final_norm.weight", "model.final_layernorm.weight"),
+    ]
+    for layer in range(len(config.chars) // 2):
+        mixer, ffn, prefix = 2 * layer, 2 * layer + 1, f"model.layers.{layer}."
+        found.append(rename(f"layers.{mixer}.norm.weight", prefix + "input_layernorm.weight"))
+        found.append(rename(f"layers.{ffn}.norm.weight", prefix + "pre_ff_layernorm.weight"))
+        if config.chars[mixer] == ssm_char:
+            found += prefixed(names, f"layers.{mixer}.mixer.", prefix + "mamba.", ssm_names)
+        else:
+            found += prefixed(names, f"layers.{mixer}.mixer.", prefix + "self_attn.")
+        found += prefixed(names, f"layers.{ffn}.mixer.", prefix + "feed_forward.")
+    return found
+
+
 def check_coverage(rules: list[Rule], names: set[str]) -> None:
     """Every tensor of ours is covered by exactly one rule (a family bug otherwise)."""
     covered = [name for rule in rules for name in rule.ours]
