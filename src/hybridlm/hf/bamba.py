@@ -11,7 +11,7 @@ gives every new token RoPE position 0 in a hand-written decode loop without `pos
 from __future__ import annotations
 
 from ..config import ConfigError, ModelConfig
-from .common import compact_pattern, hf_layers, require, rope_fields, rope_parameters, with_defaults
+from .common import compact_pattern, decoder_fields, hf_layers, require, rope_fields, rope_parameters, with_defaults
 from .rules import MAMBA2_NAMES, decoder_rules
 
 MODEL_TYPE = "bamba"
@@ -91,15 +91,7 @@ def config_to_hf(config: ModelConfig) -> dict:
         raise ConfigError(f"bamba layers are AF or DF, not pattern {config.pattern!r}")
     attention, mamba2 = config.attention, config.mamba2
     hf = {
-        "vocab_size": config.vocab_size,
-        "tie_word_embeddings": config.tie_embeddings,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": len(layers),
-        "num_attention_heads": config.n_heads,
-        "num_key_value_heads": config.kv_heads,
-        "hidden_act": "silu",
-        "rms_norm_eps": config.norm_eps,
+        **decoder_fields(config, len(layers)),
         "attn_layer_indices": [index for index, layer in enumerate(layers) if layer == "AF"],
         "mamba_n_heads": mamba2.expand * config.d_model // mamba2.head_dim,
         "mamba_d_head": mamba2.head_dim,
@@ -115,8 +107,6 @@ def config_to_hf(config: ModelConfig) -> dict:
         "attention_bias": attention.qkv_bias,
         "mlp_bias": config.mlp.bias,
     }
-    if attention.head_dim is not None:
-        hf["head_dim"] = attention.head_dim
     return hf
 
 

@@ -98,6 +98,24 @@ def hf_layers(config: ModelConfig, ffn: bool) -> list[str]:
     return layers
 
 
+def decoder_fields(config: ModelConfig, n_layers: int) -> dict:
+    """The transformers fields Jamba and Bamba share: sizes, SwiGLU MLP, GQA attention, norm eps."""
+    fields = {
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_embeddings,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.d_ff,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_eps,
+    }
+    if config.attention.head_dim is not None:
+        fields["head_dim"] = config.attention.head_dim
+    return fields
+
+
 def numerics(config: ModelConfig) -> dict:
     """The resolved options that change the function a model computes, for the sub-layers it uses."""
     chars = set(config.chars)

@@ -11,7 +11,7 @@ it fuses them. `hidden_act` drives both the MLP and the Mamba conv, so it must b
 from __future__ import annotations
 
 from ..config import ConfigError, ModelConfig
-from .common import activation, compact_pattern, dt_rank, hf_layers, require, with_defaults
+from .common import activation, compact_pattern, decoder_fields, dt_rank, hf_layers, require, with_defaults
 from .rules import MAMBA1_NAMES, decoder_rules
 
 MODEL_TYPE = "jamba"
@@ -102,15 +102,7 @@ def config_to_hf(config: ModelConfig) -> dict:
     has_experts = "E" in config.chars
     mamba, moe = config.mamba, config.moe
     hf = {
-        "vocab_size": config.vocab_size,
-        "tie_word_embeddings": config.tie_embeddings,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
-        "num_hidden_layers": len(layers),
-        "num_attention_heads": config.n_heads,
-        "num_key_value_heads": config.kv_heads,
-        "hidden_act": "silu",
-        "rms_norm_eps": config.norm_eps,
+        **decoder_fields(config, len(layers)),
         "router_aux_loss_coef": moe.aux_loss_coef,
         "num_experts_per_tok": moe.top_k if has_experts else 1,
         "num_experts": moe.n_experts if has_experts else 1,
@@ -125,8 +117,6 @@ def config_to_hf(config: ModelConfig) -> dict:
         "mamba_conv_bias": mamba.conv_bias,
         "mamba_proj_bias": mamba.proj_bias,
     }
-    if config.attention.head_dim is not None:
-        hf["head_dim"] = config.attention.head_dim
     return hf
 
 
