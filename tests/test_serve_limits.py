@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from hybridlm.serve import Limits  # noqa: E402
+from hybridlm.serve.schema import Limits  # noqa: E402
 
 from .serve_support import (  # noqa: E402
     free_port,

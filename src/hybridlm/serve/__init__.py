@@ -9,9 +9,8 @@ from ..checkpoint import load
 from ..data.tokenizer import load_tokenizer
 from .engine import Engine, Event, Job, QueueFull
 from .prefix_cache import PrefixCache
-from .schema import Limits
 
-__all__ = ["Engine", "Event", "Job", "Limits", "PrefixCache", "QueueFull", "build_app", "build_engine"]
+__all__ = ["Engine", "Event", "Job", "PrefixCache", "QueueFull", "build_app", "build_engine"]
 
 
 def build_engine(
@@ -22,8 +21,9 @@ def build_engine(
     return Engine(model, max_batch=max_batch, max_waiting=max_waiting, prefix_cache=prefix_cache, block=block)
 
 
-def build_app(directory, model_name: str | None = None, limits: Limits | None = None, **engine_options):
-    """The FastAPI app serving the checkpoint in `directory` (its engine thread already started)."""
+def build_app(directory, model_name: str | None = None, limits=None, **engine_options):
+    """The FastAPI app serving the checkpoint in `directory` (its engine thread already started);
+    `limits`: a `schema.Limits`."""
     from .app import create_app
 
     model = load(directory)
