@@ -151,11 +151,12 @@ class Completion:
             if self.finish[index] is None:
                 self.engine.cancel(job)
 
-    async def next_piece(self) -> tuple[int, str, str | None]:
-        """Wait for an event; returns (choice index, new text, finish reason or None)."""
+    async def next_piece(self) -> tuple[int, str, str | None] | None:
+        """Wait for an event; returns (choice index, new text, finish reason or None), or None for
+        an event that comes after its choice ended (a stop sequence cancelled the job)."""
         index, event = await self.events.get()
-        if self.finish[index] is not None:  # events after a stop sequence cancelled the job
-            return index, "", None
+        if self.finish[index] is not None:
+            return None
         if event.error is not None:
             raise RequestError(500, f"generation failed: {event.error}")
         text, stream = "", self.texts[index]
@@ -196,13 +197,14 @@ class Completion:
         try:
             while not self.done:
                 try:
-                    index, text, _ = await asyncio.wait_for(self.next_piece(), POLL_SECONDS)
+                    piece = await asyncio.wait_for(self.next_piece(), POLL_SECONDS)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
                         self.cancel()
                         return {}
                     continue
-                texts[index] += text
+                if piece is not None:
+                    texts[piece[0]] += piece[1]
         finally:
             if not self.done:
                 self.cancel()
@@ -210,11 +212,13 @@ class Completion:
         return {**self._header(), "choices": choices, "usage": self._usage()}
 
     async def sse(self):
-        """Server-sent events: one chunk per released piece of text; a closed connection cancels."""
+        """Server-sent events: one chunk per sampled token (its text may be held back, then empty);
+        a closed connection cancels."""
         try:
             while not self.done:
-                index, text, finish = await self.next_piece()
-                if text or finish:
+                piece = await self.next_piece()
+                if piece is not None:
+                    index, text, finish = piece
                     chunk = {**self._header(), "choices": [self._choice(index, text, finish, streaming=True)]}
                     yield f"data: {json.dumps(chunk)}\n\n"
             if self.body.stream_options is not None and self.body.stream_options.include_usage:

@@ -1,11 +1,13 @@
 """Continuous batching: concurrent requests decoded together, one batch step at a time.
 
-One thread owns the model. Each turn it runs one prefill chunk of the request at the head of the
-queue (alone, unpadded, so its state is what a solo run computes), then one decoding step of every
-running request. A request joins the batch after its prefill, its rows of every layer's state
-(KV, ring buffer, conv, SSM, modal) appended by `concat_caches`; it leaves when done or cancelled,
-its rows dropped by `drop_rows`; the other rows are untouched either way, so greedy output is the
-solo run's whatever else is in flight. Each request samples with its own generator.
+One thread owns the model. Each turn it prefills, then runs one decoding step of every running
+request. Prefill takes either the short prompts at the head of the queue (each within one prefix
+block) together in one left-padded batch, or one chunk of a longer prompt, alone and unpadded,
+chunked at block multiples so that the prefix cache can resume it exactly. A request joins the
+batch after its prefill, its rows of every layer's state (KV, ring buffer, conv, SSM, modal)
+appended by `concat_caches`; it leaves when done or cancelled, its rows dropped by `drop_rows`;
+the other rows are untouched either way, so greedy output is the solo run's whatever else is in
+flight. Each request samples with its own generator.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cache import Cache, concat_caches, drop_rows
-from ..generate import sample
+from ..generate import left_pad, sample
 from .prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -136,9 +138,13 @@ class Engine:
         try:
             self._drop_cancelled()
             if self.prefilling is None and self.waiting and len(self.running) < self.max_batch:
-                with self._wake:
-                    job = self.waiting.popleft()
-                self._start_prefill(job)
+                short = self._take_short_prompts()
+                if short:
+                    self._prefill_together(short)
+                else:
+                    with self._wake:
+                        job = self.waiting.popleft()
+                    self._start_prefill(job)
             if self.prefilling is not None:
                 self._prefill_chunk()
             if self.running:
@@ -161,6 +167,33 @@ class Engine:
             self.prefilling[0].emit(Event(finish="cancelled"))
             self.prefilling = None
         self._leave([index for index, job in enumerate(self.running) if job.cancelled], "cancelled")
+
+    def _take_short_prompts(self) -> list[Job]:
+        """Waiting jobs at the head of the queue whose prompt fits in one block (nothing to resume
+        from a snapshot), as many as the batch has room for."""
+        room = self.max_batch - len(self.running)
+        with self._wake:
+            jobs = []
+            while self.waiting and len(jobs) < room and 0 < len(self.waiting[0].prompt) <= self.block:
+                jobs.append(self.waiting.popleft())
+        return jobs
+
+    def _prefill_together(self, jobs: list[Job]) -> None:
+        """Prefill fresh short prompts in one left-padded batch (padding never reaches a state or a
+        KV slot a real token attends to), sample each first token, and join the batch."""
+        ids, mask = left_pad([torch.tensor(job.prompt) for job in jobs], self.model.embed_tokens.weight.device)
+        cache = self.model.allocate_cache(len(jobs))
+        logits = self.model(ids, cache=cache, attention_mask=mask, logits_to_keep=1)[:, -1]
+        joined = []
+        for index, job in enumerate(jobs):
+            token = self._sample_and_emit(job, logits[index : index + 1])
+            if token is not None:
+                joined.append(index)
+                self.running.append(job)
+                self.next_tokens.append(token)
+        if joined:
+            cache = drop_rows(cache, joined) if len(joined) < len(jobs) else cache
+            self.batch = cache if self.batch is None else concat_caches([self.batch, cache])
 
     def _start_prefill(self, job: Job) -> None:
         done, cache = 0, None
