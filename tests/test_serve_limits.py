@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -132,3 +133,16 @@ def test_sigterm_drains_in_flight_requests_and_exits(tmp_path):
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_serve_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from hybridlm.cli import main
+
+    assert main(["serve", str(tmp_path / "missing"), "--port", str(free_port())]) == 2
+    assert "no such checkpoint directory" in capsys.readouterr().err
+    directory = tmp_path / "run"
+    save_every_state_model(directory)
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        assert main(["serve", str(directory), "--port", str(busy.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    assert main(["serve", str(directory), "--max-batch", "0"]) == 2
