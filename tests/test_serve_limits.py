@@ -146,3 +146,19 @@ def test_serve_command_refuses_bad_input_in_one_line(tmp_path, capsys):
         assert main(["serve", str(directory), "--port", str(busy.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
     assert main(["serve", str(directory), "--max-batch", "0"]) == 2
+
+
+def test_a_failing_step_fails_its_requests_and_the_server_keeps_serving(tmp_path):
+    directory = tmp_path / "run"
+    save_every_state_model(directory)
+    with running_server(directory) as (url, app):
+        model = app.state.engine.model
+        model.forward = lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("simulated out of memory"))
+        status, answer = post(f"{url}/v1/completions", GOOD)
+        assert status == 500 and "simulated out of memory" in answer["error"]["message"]
+        del model.forward  # the class's forward again
+        assert post(f"{url}/v1/completions", GOOD)[0] == 200
+        deadline = time.monotonic() + 10
+        while get_json(f"{url}/health")["running"]:  # the last event is sent just before the rows leave
+            assert time.monotonic() < deadline
+            time.sleep(0.01)

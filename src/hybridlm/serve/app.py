@@ -36,6 +36,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits | None
         await asyncio.to_thread(engine.stop)  # drain: uvicorn has let in-flight requests finish
 
     app = FastAPI(title="hybridlm", lifespan=lifespan)
+    app.state.engine = engine
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, error: RequestValidationError):
@@ -142,6 +143,8 @@ class Completion:
         try:
             self.engine.submit(self.jobs)
         except QueueFull as error:
+            if self.engine.stopping:
+                raise RequestError(503, f"{error}", code="shutting_down", kind="server_error") from None
             raise RequestError(
                 429, f"server busy: {error}; retry later", code="rate_limit_exceeded", kind="rate_limit_error"
             ) from None

@@ -58,14 +58,7 @@ class Job:
     cancelled: bool = False
     produced: int = 0
     cached_tokens: int = 0  # prompt tokens restored from the prefix cache
-    generator: torch.Generator = field(init=False, repr=False)
-
-    def __post_init__(self):
-        self.generator = torch.Generator()
-        if self.seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(self.seed)
+    generator: torch.Generator | None = field(default=None, repr=False)  # made by the engine, on its device
 
 
 class Engine:
@@ -81,6 +74,7 @@ class Engine:
         self.batch: Cache | None = None  # the running jobs' rows, in `running` order
         self.next_tokens: list[int] = []  # each running job's last sampled token, fed at the next step
         self.prefilling: tuple[Job, Cache, int] | None = None  # (job, its cache, tokens done)
+        self.admitting: list[Job] = []  # short prompts taken from the queue, prefilled together this turn
         self.steps = 0
         self._wake = threading.Condition()
         self._stopping = False
@@ -98,6 +92,12 @@ class Engine:
                 raise QueueFull("the server is shutting down")
             if len(self.waiting) + len(jobs) > self.max_waiting:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting (at most {self.max_waiting})")
+            for job in jobs:
+                job.generator = torch.Generator(device=self.model.embed_tokens.weight.device)
+                if job.seed is None:
+                    job.generator.seed()
+                else:
+                    job.generator.manual_seed(job.seed)
             self.waiting.extend(jobs)
             self._wake.notify()
 
@@ -106,6 +106,10 @@ class Engine:
         with self._wake:
             job.cancelled = True
             self._wake.notify()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every queued and running job, then end the engine thread."""
@@ -135,12 +139,13 @@ class Engine:
 
     def _turn(self) -> None:
         """One prefill chunk (if a request is waiting and the batch has room), then one decoding step."""
+        self.admitting = []
         try:
             self._drop_cancelled()
             if self.prefilling is None and self.waiting and len(self.running) < self.max_batch:
-                short = self._take_short_prompts()
-                if short:
-                    self._prefill_together(short)
+                self.admitting = self._take_short_prompts()
+                if self.admitting:
+                    self._prefill_together(self.admitting)
                 else:
                     with self._wake:
                         job = self.waiting.popleft()
@@ -152,6 +157,7 @@ class Engine:
         except Exception as error:  # a bug or out of memory: fail the jobs in hand, keep serving
             log.exception("engine step failed")
             jobs = self.running + ([self.prefilling[0]] if self.prefilling else [])
+            jobs += [job for job in self.admitting if job not in self.running]
             for job in jobs:
                 job.emit(Event(finish="error", error=f"{type(error).__name__}: {error}"))
             self.running, self.next_tokens, self.batch, self.prefilling = [], [], None, None
