@@ -97,3 +97,28 @@ def test_drop_rows_frees_slots_no_row_uses(keep):
     kv = batch.states[0].kv
     assert batch.batch_size == len(keep)
     assert kv.length == max([(12, 3, 5)[i] for i in keep], default=0)
+
+
+def test_prefix_cache_keeps_the_longest_match_within_its_byte_budget():
+    from hybridlm.serve.prefix_cache import PrefixCache
+
+    model = every_state_model()
+    prompt = torch.randint(0, 50, (30,)).tolist()
+    snapshots = {}
+    with torch.inference_mode():
+        cache = model.allocate_cache(1)
+        for end in (8, 16, 24):
+            model(torch.tensor([prompt[end - 8 : end]]), cache=cache)
+            snapshots[end] = clone_cache(cache)
+    budget = snapshots[16].nbytes() + snapshots[24].nbytes()
+    prefix_cache = PrefixCache(budget, block=8)
+    for end, snapshot in snapshots.items():
+        prefix_cache.store(prompt[:end], snapshot)
+    assert prefix_cache.bytes <= budget and len(prefix_cache.snapshots) == 2  # the 8-token one was evicted
+    assert prefix_cache.lookup(prompt)[0] == 24
+    assert prefix_cache.lookup(prompt[:20])[0] == 16
+    assert prefix_cache.lookup(prompt[:12]) == (0, None)
+    assert prefix_cache.lookup(prompt[:24])[0] == 16  # the last token is always run, never restored
+    _, restored = prefix_cache.lookup(prompt)
+    assert torch.equal(restored.states[0].kv.keys, snapshots[24].states[0].kv.keys)
+    assert prefix_cache.stats()["hits"] == 4
