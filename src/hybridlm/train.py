@@ -73,9 +73,7 @@ class TrainResult:
 def make_data(config: TrainConfig, tokenizer, model_vocab: int):
     """An object with batch(batch_size, seed, index, split) -> Batch, checked to fit the model's
     vocabulary and to produce a batch (so bad task settings fail before any work)."""
-    if config.task == "text":
-        if not config.text_path:
-            raise ConfigError("task 'text' needs --data PATH (a text file or a directory of .txt files)")
+    if config.task == "text":  # no text_path: the default corpus (data/text.py)
         data, vocab = _TextTask(TextData.from_path(config.text_path, tokenizer), config.seq_len), tokenizer.vocab_size
     else:
         data = make_task(config.task, **config.task_settings)

@@ -10,7 +10,7 @@ HELP = (
     "speed benchmarks: kernels vs references, models vs Hugging Face, training MFU, decoding vs context, "
     "the server under load"
 )
-SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator", "serve")
+SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator", "serve", "data")
 
 
 def add_arguments(parser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 def suite_rows(name: str, quick: bool, threads: int) -> list:
     """Run one suite with its quick or full settings; returns `bench.timing.Row`s."""
-    from ..bench import allocator, context, decode_profile, kernels, models, serve, training
+    from ..bench import allocator, context, data, decode_profile, kernels, models, serve, training
 
     if name == "kernels":
         return kernels.kernel_rows(quick)
@@ -46,6 +46,8 @@ def suite_rows(name: str, quick: bool, threads: int) -> list:
         if quick:
             return decode_profile.decode_profile_rows(("mamba",), steps=8)
         return decode_profile.decode_profile_rows(("mamba", "jamba", "transformer"))
+    if name == "data":  # reading token shards vs tokenizing text into an int64 tensor, as before shards
+        return data.data_rows(megabytes=4 if quick else 20)
     if name == "serve":  # 16 streaming clients vs one after another; time to first token with a cached prefix
         return serve.serve_rows(max_tokens=32 if quick else 64)
     return allocator.allocator_rows(batch=2 if quick else 4, seq_len=128 if quick else 256, threads=threads)
