@@ -22,14 +22,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
+from .errors import CheckpointError
 from .model import HybridLM
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: missing, corrupt, or not matching its config."""
 
 
 def save(model: HybridLM, directory, tokenizer=None, extra_files: dict | None = None) -> Path:
