@@ -22,6 +22,7 @@ from .layers.registry import attention_chars, feeding_chars, mixer_chars, sublay
 
 __all__ = ["MAX_SUBLAYERS", "PatternError", "attention_ratio", "expand", "format_pattern", "layer_chars", "parse"]
 MAX_SUBLAYERS = 10_000  # a stated limit: far above any published model (Jamba-v0.1 has 64 sub-layers)
+MAX_COUNT_DIGITS = 100  # longer repeat counts are refused before int() reads them
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def _parse_count(text: str, position: int, close_position: int) -> tuple[int, in
     if start == position:
         raise PatternError(_at(text, star_position, "'*' must be followed by a repeat count K >= 1"))
     digits = text[start:position].lstrip("0") or "0"
-    if len(digits) > len(str(MAX_SUBLAYERS)):  # int() of a huge digit string is slow, and over the limit
+    if len(digits) > MAX_COUNT_DIGITS:  # int() of a huge digit string is slow (Python refuses > 4300 digits)
         raise PatternError(_at(text, start, f"repeat count {digits[:12]}... is over the limit of {MAX_SUBLAYERS:,}"))
     count = int(digits)
     if count < 1:
