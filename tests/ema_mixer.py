@@ -1,5 +1,5 @@
 """A mixer family defined outside the package (docs/adding-a-mixer.md's example): a per-channel
-exponential moving average, pattern character `X`.
+exponential moving average, pattern character `Y`.
 
 Glossary: B batch, N tokens, d model width.
 
@@ -41,7 +41,7 @@ class EMAState(State):
 
 
 class EMA(Mixer):
-    chars = {"X": "ema"}
+    chars = {"Y": "ema"}
     config_name = "ema"
     Config = EMAConfig
 
@@ -56,7 +56,7 @@ class EMA(Mixer):
         self.reset_special_parameters()
 
     @classmethod
-    def from_config(cls, config, char: str = "X", ordinal: int = 0) -> EMA:
+    def from_config(cls, config, char: str = "Y", ordinal: int = 0) -> EMA:
         return cls(config.d_model, config.ema)
 
     def reset_special_parameters(self) -> None:

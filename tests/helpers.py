@@ -2,7 +2,7 @@
 
 from hybridlm import ModelConfig
 
-from . import ema_mixer  # noqa: F401  (registers the family `X`, defined outside the package)
+from . import ema_mixer  # noqa: F401  (registers the family `Y`, defined outside the package)
 
 # One entry per mixer (and FFN) character, with the blend in each of its SSM/attention combinations.
 MIXER_CASES = {
@@ -25,7 +25,7 @@ MIXER_CASES = {
     "P-HL": {"pattern": "P", "blend": {"ssm": "H", "attn": "L"}, "attention": {"window": 6}},
     "F": {"pattern": "AF"},
     "E": {"pattern": "AE", "moe": {"n_experts": 4, "top_k": 2}},
-    "X-outside-the-package": {"pattern": "XF"},
+    "Y-outside-the-package": {"pattern": "YF"},
 }
 
 FFT_CASES = {"H", "P-HL"}  # long convolution by FFT: causal up to rounding, not bit-exact

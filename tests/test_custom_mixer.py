@@ -3,7 +3,7 @@ everywhere, and every registered family implements the whole contract.
 
 The generic suite (causality, gradients, cache = full forward, chunked prefill, cost = allocated
 bytes, FLOPs = flop counter, mixing operator = output) runs on it through its entry
-`X-outside-the-package` in helpers.MIXER_CASES; this file adds what is specific to plugging in.
+`Y-outside-the-package` in helpers.MIXER_CASES; this file adds what is specific to plugging in.
 """
 
 import json
@@ -33,12 +33,12 @@ def test_every_registered_family_implements_every_hook():
 
 
 def test_one_call_registers_characters_and_config_section():
-    assert MIXERS["X"] is EMA
-    config = tiny_config(pattern="(XF)*2").with_overrides({"ema.decay_min": "0.6"})
+    assert MIXERS["Y"] is EMA
+    config = tiny_config(pattern="(YF)*2").with_overrides({"ema.decay_min": "0.6"})
     assert config.ema.decay_min == 0.6 and config.layer_types == ["ema", "mlp", "ema", "mlp"]
     assert ModelConfig.from_json(config.to_json()) == config
     with pytest.raises(ConfigError, match="ema.decay_min=0.0"):
-        tiny_config(pattern="X", ema={"decay_min": 0.0})
+        tiny_config(pattern="Y", ema={"decay_min": 0.0})
 
 
 def test_registering_a_taken_character_or_a_class_without_forward_is_refused():
@@ -66,7 +66,7 @@ def test_registering_a_taken_character_or_a_class_without_forward_is_refused():
 
 def test_mixing_matrix_is_the_jacobian_along_the_sequence():
     """The EMA is linear: d y_t / d x_s = W_out diag(M[:, t, s]) W_in, M from its mixing operator."""
-    model = HybridLM(tiny_config(pattern="X")).double().eval()
+    model = HybridLM(tiny_config(pattern="Y")).double().eval()
     mixer, length = model.layers[0].mixer, 9
     x = torch.randn(1, length, 32, dtype=torch.float64)
     ctx = Context(positions=torch.arange(length).unsqueeze(0))
@@ -79,7 +79,7 @@ def test_mixing_matrix_is_the_jacobian_along_the_sequence():
 
 
 def test_save_load_training_and_no_weight_decay(tmp_path):
-    config = tiny_config(pattern="X A F")
+    config = tiny_config(pattern="Y A F")
     settings = TrainConfig(
         task="mqar", task_settings={"vocab_size": 50, "seq_len": 24, "n_pairs": 4}, steps=6, batch_size=4
     )
@@ -99,20 +99,20 @@ def test_save_load_training_and_no_weight_decay(tmp_path):
 
 
 def test_cli_analyze_and_inspect_ask_its_hooks(capsys):
-    assert main(["analyze", "XF XF", "--seq-len", "64", "--json"]) == 0
+    assert main(["analyze", "YF YF", "--seq-len", "64", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     report = report[0] if isinstance(report, list) else report
     assert report["cache"]["state_bytes"] == 2 * report["d_model"] * 4  # two layers of d fp32 values
-    assert main(["inspect", "XF XF", "--mixing", "--seq-len", "8", "--json"]) == 0
+    assert main(["inspect", "YF YF", "--mixing", "--seq-len", "8", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["kind"] for row in rows] == ["ema", "ema"]
-    assert main(["inspect", "XF", "--memory-length", "--seq-len", "8", "--json"]) == 0
+    assert main(["inspect", "YF", "--memory-length", "--seq-len", "8", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["kind"] == "ema" and row["count"] == report["d_model"]
 
 
 def test_layer_mixing_finds_the_registered_mixer():
-    model = HybridLM(tiny_config(pattern="XF AF")).eval()
+    model = HybridLM(tiny_config(pattern="YF AF")).eval()
     kinds = [mixing.kind for mixing in layer_mixing(model, torch.randint(0, 50, (1, 10)))]
     assert kinds == ["ema", "attention"]
 
