@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import ModelConfig, nearest, parse_override
 from ..pattern import PatternError, format_pattern
 from ..presets import SIZES, preset_config, presets
+from ..tables import format_table as format_table  # re-exported: cli modules import it from here
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +43,6 @@ def resolve_config(target: str, size: str = "small", overrides: list[str] | None
 
 def _parsed(overrides: list[str] | None) -> dict:
     return dict(parse_override(item) for item in overrides or [])
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def human(count: float) -> str:
