@@ -187,7 +187,7 @@ def _clone_state(state):
         copy.values = state.values[:, :, :written].clone()
         copy.positions = state.positions[:, :written].clone()
         return copy
-    return LayerState(**{name: _clone_state(part) for name, part in state.parts.items()})
+    return _rebuild(state, lambda name: _clone_state(getattr(state, name)))
 
 
 def _concat_states(states: list):
@@ -198,7 +198,12 @@ def _concat_states(states: list):
         return torch.cat(states)
     if isinstance(first, KVCache):
         return _concat_kv(states)
-    return LayerState(**{name: _concat_states([state.parts[name] for state in states]) for name in first.parts})
+    return _rebuild(first, lambda name: _concat_states([getattr(state, name) for state in states]))
+
+
+def _rebuild(state: State, part_of) -> State:
+    """A state of the same type whose every field is `part_of(field name)`."""
+    return type(state)(**{f.name: part_of(f.name) for f in dataclasses.fields(state)})
 
 
 def _concat_kv(states: list[KVCache]) -> KVCache:
@@ -243,6 +248,6 @@ def _trim_state(state) -> None:
                 state.values = state.values[:, :, first : state.length].clone()
                 state.positions = state.positions[:, first : state.length].clone()
                 state.length -= first
-    elif isinstance(state, LayerState):
-        for part in state.parts.values():
+    elif isinstance(state, State):
+        for part in state.parts():
             _trim_state(part)
