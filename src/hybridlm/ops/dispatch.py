@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from . import cuda_kernels
 from .causal_conv import causal_conv1d_ref, conv_state_after
+from .fftconv import STATE_DTYPE as MODAL_STATE_DTYPE
 from .fftconv import modal_recurrence_ref
 from .linear_scan import rglru_scan_ref
 from .selective_scan import selective_scan_ref
@@ -153,13 +154,13 @@ def rglru_scan(x, gate_i, gate_r, log_a_scale, reset, initial_state=None):
 
 
 def modal_recurrence(u, poles, residue, initial_state=None):
-    """Hyena's modal recurrence: y (b, l, d) in u's dtype and the final state (b, d, m) complex64."""
+    """Hyena's modal recurrence: y (b, l, d) in u's dtype and the final state (b, d, m) complex128."""
     if backend_for(u) != "numba":
         return modal_recurrence_ref(u, poles, residue, initial_state)
     from .modal_cpu import ModalRecurrenceFunction, modal_recurrence_forward
 
     if initial_state is None:
-        initial_state = torch.zeros(u.shape[0], *poles.shape, dtype=torch.complex64, device=u.device)
+        initial_state = torch.zeros(u.shape[0], *poles.shape, dtype=MODAL_STATE_DTYPE, device=u.device)
     if _needs_autograd(u, poles, residue, initial_state):
         y, final_state = ModalRecurrenceFunction.apply(u, poles, residue, initial_state)
     else:
