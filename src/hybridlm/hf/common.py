@@ -98,7 +98,7 @@ def rotary_to_hf(config: ModelConfig) -> float:
     """The partial_rotary_factor with which transformers rotates the features ours does (an even count)."""
     head_dim, fraction = config.head_dim, config.attention.rope_fraction
     rotated = our_rotary_dim(head_dim, fraction)
-    if int(head_dim * fraction) == rotated:
+    if int(head_dim * fraction) == rotated or rotated == 0:  # 0: transformers cannot rotate nothing
         return fraction
     return _fraction_for(head_dim, rotated, lambda f: int(head_dim * f) == rotated)
 

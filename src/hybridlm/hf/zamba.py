@@ -97,8 +97,19 @@ def check_untied_blocks(config: ModelConfig, family: str) -> None:
         )
 
 
+def check_shared_heads(hf: dict) -> None:
+    """Our shared block splits its 2 * hidden_size input width evenly over the heads."""
+    hidden, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    if 2 * hidden % n_heads:
+        raise ConfigError(
+            f"{hf['model_type']}: num_attention_heads={n_heads} must divide 2 * hidden_size = {2 * hidden} "
+            "(hybridlm's shared block splits its input evenly over the heads)"
+        )
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     hf = with_defaults(hf, DEFAULTS)
+    check_shared_heads(hf)
     require(hf, "hidden_mamba_act", "silu", "hybridlm's Mamba uses SiLU after the conv")
     layers = block_types(hf, "M")
     hidden, n_heads = hf["hidden_size"], hf["num_attention_heads"]
@@ -113,6 +124,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         d_model=hidden,
         vocab_size=hf["vocab_size"],
         n_heads=n_heads,
+        attention={"head_dim": 2 * hidden // n_heads},  # no plain attention layers: hidden need not divide by heads
         n_kv_heads=hf["num_key_value_heads"],
         norm_eps=hf["rms_norm_eps"],
         tie_embeddings=hf["tie_word_embeddings"],

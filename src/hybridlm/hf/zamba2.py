@@ -30,7 +30,7 @@ from .common import (
     with_defaults,
 )
 from .rules import MAMBA2_NAMES, Rule, prefixed, rename
-from .zamba import block_types, check_untied_blocks, layer_types, shared_block_count
+from .zamba import block_types, check_shared_heads, check_untied_blocks, layer_types, shared_block_count
 
 MODEL_TYPE = "zamba2"
 ARCHITECTURE = "Zamba2ForCausalLM"
@@ -79,6 +79,7 @@ SHARED_NAMES = {
 def config_from_hf(hf: dict) -> ModelConfig:
     hf = with_defaults(hf, DEFAULTS)
     require(hf, "add_bias_linear", False, "hybridlm's shared MLP has no biases")
+    check_shared_heads(hf)
     hidden, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_inner = hf["mamba_expand"] * hidden
     if d_inner % hf["n_mamba_heads"]:
@@ -93,7 +94,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         n_kv_heads=hf.get("num_key_value_heads") or n_heads,
         norm_eps=hf["rms_norm_eps"],
         tie_embeddings=hf["tie_word_embeddings"],
-        attention={"rope_theta": theta},
+        attention={"rope_theta": theta, "head_dim": 2 * hidden // n_heads},  # no plain attention layers here
         mamba2={
             "d_state": hf["mamba_d_state"],
             "d_conv": hf["mamba_d_conv"],
