@@ -327,6 +327,22 @@ def test_configs_hybridlm_cannot_match_are_refused_naming_the_field(checkpoints,
     assert message in str(refusal.value) and "\n" not in str(refusal.value)
 
 
+@pytest.mark.parametrize("name", ["bamba", "griffin"])
+def test_legacy_top_level_rope_fields_import_as_transformers_reads_them(checkpoints, tmp_path, name):
+    """A config.json with top-level rope_theta / partial_rotary_factor: RecurrentGemma honours the
+    fraction, Bamba overwrites it with its hard-coded 0.5; the import follows each."""
+    directory = checkpoints(name)[1]
+    for file in directory.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    config = json.loads((directory / "config.json").read_text())
+    del config["rope_parameters"]
+    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_theta": 300.0, "partial_rotary_factor": 0.75}))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        assert (hybridlm.load_hf(tmp_path)(ids) - hf_logits(reference, ids)).abs().max().item() <= 1e-4
+
+
 def test_untied_zamba_export_needs_a_block_per_hybrid_layer(tmp_path):
     """Untied, transformers gives each hybrid layer its own shared block: one block for two is refused."""
     config = ModelConfig(pattern="M SM M SM", d_model=32, n_heads=4, tie_embeddings=False, shared={"n_blocks": 1})
