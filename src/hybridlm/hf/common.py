@@ -79,7 +79,8 @@ def rotary_from_hf(model_type: str, head_dim: int, theta: float, fraction: float
     transformers takes d = int(head_dim * partial_rotary_factor), frequencies theta^(-2i/d) for
     i < ceil(d/2), and rotates the first 2 * ceil(d/2) features. For an even d that is our RoPE of
     fraction d / head_dim; for an odd d it rotates r = d + 1 features with theta^(-2i/d) =
-    (theta^(r/d))^(-2i/r): our RoPE of width r and base theta^(r/d), the same function."""
+    (theta^(r/d))^(-2i/r): our RoPE of width r and base theta^(r/d), the same function (to fp32
+    rounding of the frequencies, ~1e-7 relative)."""
     dim = int(head_dim * fraction)
     rotated = dim + dim % 2
     if dim == 0 or rotated > head_dim:
