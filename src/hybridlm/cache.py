@@ -149,3 +149,101 @@ def _nbytes(part) -> int:
     if isinstance(part, torch.Tensor):
         return part.numel() * part.element_size()
     return part.nbytes()
+
+
+# ---- batch rows of whole caches (continuous batching, prefix snapshots) -------------------------------
+def clone_cache(cache: Cache) -> Cache:
+    """An independent copy of every layer's state; KV caches keep only their written slots."""
+    return Cache([_clone_state(state) for state in cache.states], cache.seen.clone())
+
+
+def concat_caches(caches: list[Cache]) -> Cache:
+    """One cache holding the rows of `caches` in order, each row continuing exactly as it would alone.
+
+    Full-attention rows of different lengths are right-aligned (the gap on the left is marked empty,
+    as left padding is); ring-buffer rows are rotated so the next write lands on each row's oldest slot.
+    """
+    states = [_concat_states([cache.states[index] for cache in caches]) for index in range(len(caches[0]))]
+    return Cache(states, torch.cat([cache.seen for cache in caches]))
+
+
+def drop_rows(cache: Cache, keep) -> Cache:
+    """Keep the rows `keep` (in place, returns `cache`), then free KV slots no kept row uses."""
+    cache.select(keep)
+    for state in cache.states:
+        _trim_state(state)
+    return cache
+
+
+def _clone_state(state):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, KVCache):
+        copy = KVCache.__new__(KVCache)
+        copy.__dict__.update(state.__dict__)
+        written = state.keys.shape[2] if state.window is not None else state.length
+        copy.keys = state.keys[:, :, :written].clone()
+        copy.values = state.values[:, :, :written].clone()
+        copy.positions = state.positions[:, :written].clone()
+        return copy
+    return LayerState(**{name: _clone_state(part) for name, part in state.parts.items()})
+
+
+def _concat_states(states: list):
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(states)
+    if isinstance(first, KVCache):
+        return _concat_kv(states)
+    return LayerState(**{name: _concat_states([state.parts[name] for state in states]) for name in first.parts})
+
+
+def _concat_kv(states: list[KVCache]) -> KVCache:
+    merged = KVCache.__new__(KVCache)
+    merged.window = states[0].window
+    length = max(state.length for state in states)
+    keys, values, positions = [], [], []
+    for state in states:
+        if merged.window is None:  # right-align: slots [length - state.length, length) hold this row
+            gap = length - state.length
+            key_part, value_part = state.keys[:, :, : state.length], state.values[:, :, : state.length]
+            keys.append(_pad_slots(key_part, gap))
+            values.append(_pad_slots(value_part, gap))
+            position_part = state.positions[:, : state.length]
+            positions.append(
+                torch.cat([position_part.new_full((position_part.shape[0], gap), EMPTY), position_part], 1)
+            )
+        else:  # ring slot (length + j) % size must hold the j-th oldest entry, as slot (state.length + j) did
+            size = state.keys.shape[2]
+            shift = (length - state.length) % size if size else 0
+            keys.append(state.keys.roll(shift, dims=2))
+            values.append(state.values.roll(shift, dims=2))
+            positions.append(state.positions.roll(shift, dims=1))
+    merged.keys, merged.values, merged.positions = torch.cat(keys), torch.cat(values), torch.cat(positions)
+    merged.length = length
+    merged.holds_padding = any(state.holds_padding or state.length != length for state in states)
+    return merged
+
+
+def _pad_slots(part: torch.Tensor, gap: int) -> torch.Tensor:
+    """Prepend `gap` zero slots to a (B, H_kv, T, D) tensor."""
+    return torch.cat([part.new_zeros(part.shape[0], part.shape[1], gap, part.shape[3]), part], dim=2)
+
+
+def _trim_state(state) -> None:
+    if isinstance(state, KVCache):
+        if state.window is None and state.length:
+            used = (state.positions[:, : state.length] != EMPTY).any(0).nonzero()
+            first = int(used[0]) if len(used) else state.length
+            if first:
+                state.keys = state.keys[:, :, first : state.length].clone()
+                state.values = state.values[:, :, first : state.length].clone()
+                state.positions = state.positions[:, first : state.length].clone()
+                state.length -= first
+    elif isinstance(state, LayerState):
+        for part in state.parts.values():
+            _trim_state(part)

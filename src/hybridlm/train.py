@@ -16,19 +16,17 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed, run_dir
 from .analysis.flops import model_flops
 from .analysis.routing import routing_metrics, routing_report
 from .checkpoint import CheckpointError, load_config, load_weights
 from .config import ConfigError, ModelConfig
-from .data.synthetic import IGNORE, make_task
+from .data.synthetic import make_task
 from .data.text import TextData
 from .data.tokenizer import ByteTokenizer, load_tokenizer
 from .evaluate import evaluate
@@ -37,6 +35,7 @@ from .model import HybridLM
 from .optimizer_state import read_optimizer_state
 from .recipe import TrainConfig, dump_recipe, resolved_recipe
 from .run_dir import METRICS_FILE, RECIPE_FILE, STATE_FILE
+from .train_step import autocast, forward_backward, micro_batch_size
 
 log = logging.getLogger(__name__)
 LOSS_PLOT = "loss.png"
@@ -49,6 +48,8 @@ FREE_ON_RESUME = {
     "eval_batches",
     "save_every",
     "keep",
+    "grad_accum",
+    "compile",
     "gradient_checkpointing",
     "peak_tflops",
     "tensorboard",
@@ -114,6 +115,9 @@ def train(
     world = distributed.setup()
     tokenizer = tokenizer or ByteTokenizer()
     out = Path(out) if out is not None else None
+    precision = autocast(config.precision, world.device)
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+    micro_batch_size(config.batch_size, world.size, config.grad_accum)
     resuming = run_dir.check(out, resume, overwrite) if out is not None else False
     distributed.barrier()  # every rank has read the directory before the main one changes it
     if out is not None and world.is_main:
@@ -141,8 +145,7 @@ def train(
     optimizer = build_optimizer(model, config)
     if start_step:
         distributed.load_optimizer_state(model, optimizer, read_optimizer_state(out))
-    # bf16 autocast on CUDA only: this kind of CPU has no bf16 matmul units (50-500x slower than fp32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
+    step_model = torch.compile(parallel_model) if config.compile else parallel_model
     log.info("training %s params on %s from step %d", f"{model.num_parameters():,}", config.task, start_step)
     metrics = (
         [record for record in read_metrics(out / METRICS_FILE) if record["step"] <= start_step] if start_step else []
@@ -157,29 +160,34 @@ def train(
     try:
         for step in range(start_step, config.steps):
             model.train()
-            batch = data.batch(config.batch_size, config.seed, step * world.size + world.rank, "train")
-            inputs, targets = batch.inputs.to(world.device), batch.targets.to(world.device)
+            batch = data.batch(config.batch_size, config.seed, step, "train")  # the global batch
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
-            with autocast:
-                logits = parallel_model(inputs)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-                aux = model.aux_loss()
             optimizer.zero_grad(set_to_none=True)
-            (loss + aux).backward()
+            loss_sum, aux, answered = forward_backward(
+                step_model, model, batch, world, config.grad_accum, precision, scaler
+            )
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-            _check_finite(step + 1, loss, grad_norm, out)
-            optimizer.step()
-            tokens_seen += inputs.numel() * world.size
+            _check_finite(step + 1, loss_sum, grad_norm, out)
+            if scaler is None:
+                optimizer.step()
+            else:  # fp16: skip a step whose scaled gradients overflowed, and adapt the scale
+                scaler.step(optimizer)
+                scaler.update()
+            if config.compile and step == start_step:
+                log_graph_breaks()
+            tokens_seen += batch.inputs.numel()
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
                 if flops_per_token is None:
-                    flops_per_token = model_flops(model_config, inputs.shape[1]).training_per_token
+                    flops_per_token = model_flops(model_config, batch.inputs.shape[1]).training_per_token
                 elapsed = max(time.perf_counter() - clock, 1e-9)
                 record = {
                     "step": done,
-                    "loss": loss.item(),
-                    "aux": aux.item(),
+                    "loss": distributed.global_sum(loss_sum).item() / answered,
+                    "aux": distributed.global_sum(aux).item() / world.size,
                     "grad_norm": grad_norm,
                     "lr": learning_rate(step, config),
                     "tokens_per_s": tokens_seen / elapsed,
@@ -221,6 +229,14 @@ def train(
     finally:
         metrics_log.close()
         distributed.teardown()
+
+
+def log_graph_breaks() -> None:
+    """After the first compiled step: how many graphs torch.compile made and why it broke them."""
+    from torch._dynamo.utils import counters
+
+    breaks = dict(counters["graph_break"])
+    log.info("torch.compile: %d graph break(s)%s", sum(breaks.values()), "".join(f"\n  {r}" for r in breaks))
 
 
 def _check_finite(step: int, loss: torch.Tensor, grad_norm: float, out) -> None:

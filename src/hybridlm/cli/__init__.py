@@ -19,7 +19,7 @@ from ..pattern import PatternError
 from ..runtime import tune_allocator
 from ..train import TrainingDiverged
 
-VERBS = ["presets", "inspect", "analyze", "train", "eval", "sweep", "generate", "convert", "bench", "demo"]
+VERBS = ["presets", "inspect", "analyze", "train", "eval", "sweep", "generate", "convert", "bench", "demo", "serve"]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 
 

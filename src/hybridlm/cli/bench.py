@@ -6,8 +6,11 @@ import json
 
 from ..config import ConfigError
 
-HELP = "speed benchmarks: kernels vs references, models vs Hugging Face, training MFU, decoding vs context"
-SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator")
+HELP = (
+    "speed benchmarks: kernels vs references, models vs Hugging Face, training MFU, decoding vs context, "
+    "the server under load"
+)
+SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator", "serve")
 
 
 def add_arguments(parser) -> None:
@@ -23,7 +26,7 @@ def add_arguments(parser) -> None:
 
 def suite_rows(name: str, quick: bool, threads: int) -> list:
     """Run one suite with its quick or full settings; returns `bench.timing.Row`s."""
-    from ..bench import allocator, context, decode_profile, kernels, models, training
+    from ..bench import allocator, context, decode_profile, kernels, models, serve, training
 
     if name == "kernels":
         return kernels.kernel_rows(quick)
@@ -43,6 +46,8 @@ def suite_rows(name: str, quick: bool, threads: int) -> list:
         if quick:
             return decode_profile.decode_profile_rows(("mamba",), steps=8)
         return decode_profile.decode_profile_rows(("mamba", "jamba", "transformer"))
+    if name == "serve":  # 16 streaming clients vs one after another; time to first token with a cached prefix
+        return serve.serve_rows(max_tokens=32 if quick else 64)
     return allocator.allocator_rows(batch=2 if quick else 4, seq_len=128 if quick else 256, threads=threads)
 
 

@@ -63,7 +63,8 @@ def run(args) -> int | None:
     if args.out:
         check(args.out, args.resume or False, args.overwrite)  # before a tokenizer is trained or a model built
     tokenizer = None if resuming else _tokenizer(args.tokenizer, config, model_config)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")  # one set of lines
     with progress_bar(config.steps, "train") as bar:
         result = train(
             model_config,
@@ -74,7 +75,7 @@ def run(args) -> int | None:
             overwrite=args.overwrite,
             progress=bar,
         )
-    if os.environ.get("RANK", "0") == "0":
+    if main_rank:
         final = result.final_eval
         saved_to = f"; saved to {args.out}" if args.out else ""
         print(
