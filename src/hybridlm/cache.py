@@ -2,41 +2,40 @@
 
 A hybrid's cache differs per layer: attention keeps keys and values (a ring of `window - 1` past
 entries when windowed, so its memory stops growing), an SSM keeps its last `k - 1` conv inputs and
-a fixed fp32 state, the alpha-blend keeps both. Every state is updated in place by its mixer and
-answers `nbytes()` and `select(indices)`.
+a fixed fp32 state, the alpha-blend keeps both. Each family's state is a typed dataclass (a
+`State`, defined in the family's file), updated in place by its mixer; every state answers
+`nbytes()` and `select(indices)`.
 
 Glossary: B batch, T cache slots, H_kv key/value heads, D head dim, N new tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 EMPTY = -1  # position of an empty or padding slot: never attended by a real query
 
 
-class LayerState:
-    """Named tensors (conv windows, SSM/recurrence states) or nested states of one sub-layer."""
+class State:
+    """Base of the typed per-family states (dataclasses of tensors and nested states, layers/*.py).
 
-    def __init__(self, **parts):
-        self.__dict__["parts"] = parts
+    Each family declares what its state holds as dataclass fields; this base gives them `nbytes`
+    and `select` by walking those fields."""
 
-    def __getattr__(self, name):
-        try:
-            return self.__dict__["parts"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name, value):
-        self.__dict__["parts"][name] = value
+    def parts(self) -> list:
+        """What the state holds: its tensors and nested states, in field order."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
     def nbytes(self) -> int:
-        return sum(_nbytes(part) for part in self.parts.values())
+        return sum(_nbytes(part) for part in self.parts())
 
     def select(self, indices: torch.Tensor) -> None:
-        for name, part in self.parts.items():
+        for f in dataclasses.fields(self):
+            part = getattr(self, f.name)
             if isinstance(part, torch.Tensor):
-                self.parts[name] = part.index_select(0, indices)
+                setattr(self, f.name, part.index_select(0, indices))
             elif part is not None:
                 part.select(indices)
 
@@ -188,7 +187,7 @@ def _clone_state(state):
         copy.values = state.values[:, :, :written].clone()
         copy.positions = state.positions[:, :written].clone()
         return copy
-    return LayerState(**{name: _clone_state(part) for name, part in state.parts.items()})
+    return _rebuild(state, lambda name: _clone_state(getattr(state, name)))
 
 
 def _concat_states(states: list):
@@ -199,7 +198,12 @@ def _concat_states(states: list):
         return torch.cat(states)
     if isinstance(first, KVCache):
         return _concat_kv(states)
-    return LayerState(**{name: _concat_states([state.parts[name] for state in states]) for name in first.parts})
+    return _rebuild(first, lambda name: _concat_states([getattr(state, name) for state in states]))
+
+
+def _rebuild(state: State, part_of) -> State:
+    """A state of the same type whose every field is `part_of(field name)`."""
+    return type(state)(**{f.name: part_of(f.name) for f in dataclasses.fields(state)})
 
 
 def _concat_kv(states: list[KVCache]) -> KVCache:
@@ -244,6 +248,6 @@ def _trim_state(state) -> None:
                 state.values = state.values[:, :, first : state.length].clone()
                 state.positions = state.positions[:, first : state.length].clone()
                 state.length -= first
-    elif isinstance(state, LayerState):
-        for part in state.parts.values():
+    elif isinstance(state, State):
+        for part in state.parts():
             _trim_state(part)

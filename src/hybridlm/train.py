@@ -54,7 +54,6 @@ FREE_ON_RESUME = {
     "peak_tflops",
     "tensorboard",
 }
-NO_DECAY = ("A_log", "D", "dt_bias", "dt_proj_bias", "a_param", "pole_rho", "pole_theta", "residue", "alpha_logit")
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
 
@@ -73,9 +72,7 @@ class TrainResult:
 def make_data(config: TrainConfig, tokenizer, model_vocab: int):
     """An object with batch(batch_size, seed, index, split) -> Batch, checked to fit the model's
     vocabulary and to produce a batch (so bad task settings fail before any work)."""
-    if config.task == "text":
-        if not config.text_path:
-            raise ConfigError("task 'text' needs --data PATH (a text file or a directory of .txt files)")
+    if config.task == "text":  # no text_path: the default corpus (data/text.py)
         data, vocab = _TextTask(TextData.from_path(config.text_path, tokenizer), config.seq_len), tokenizer.vocab_size
     else:
         data = make_task(config.task, **config.task_settings)
@@ -269,8 +266,8 @@ def build_optimizer(model: HybridLM, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only, never on norms, biases or SSM dynamics (A, D, dt, poles)."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        (no_decay if parameter.ndim < 2 or leaf in NO_DECAY else decay).append(parameter)
+        skip = parameter.ndim < 2 or name in model.no_weight_decay  # tagged by its mixer (layers/base.py)
+        (no_decay if skip else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
 
@@ -285,7 +282,7 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 def routing_summary(model: HybridLM) -> dict:
     """The worst MoE layer's routing (load entropy, collapsed layers); logs a warning on collapse."""
-    if "E" not in model.config.chars:
+    if not any(hasattr(layer.mixer, "stats") for layer in model.layers):  # no routed (MoE) sub-layer
         return {}
     metrics = routing_metrics(routing_report(model))
     return {key: value for key, value in metrics.items() if key.count("/") == 1}

@@ -19,7 +19,20 @@ from ..pattern import PatternError
 from ..runtime import tune_allocator
 from ..train import TrainingDiverged
 
-VERBS = ["presets", "inspect", "analyze", "train", "eval", "sweep", "generate", "convert", "bench", "demo", "serve"]
+VERBS = [
+    "presets",
+    "inspect",
+    "analyze",
+    "train",
+    "eval",
+    "sweep",
+    "generate",
+    "convert",
+    "tokenize",
+    "bench",
+    "demo",
+    "serve",
+]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from ..config import ModelConfig
 from ..presets import SIZES
+from ..tables import format_table as format_table  # re-exported: cli modules import it from here
 
 
 def add_model_flags(parser: argparse.ArgumentParser, size_default: str | None = "small") -> None:
@@ -70,14 +71,6 @@ def plot_path(text: str) -> str:
             f"{text!r}: the plot's extension picks its format; use one of .{', .'.join(formats)}"
         )
     return text
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def human(count: float) -> str:
