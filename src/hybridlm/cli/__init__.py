@@ -15,7 +15,7 @@ from ..config import ConfigError
 from ..pattern import PatternError
 from ..runtime import tune_allocator
 
-VERBS = ["presets", "inspect", "analyze", "train", "eval", "sweep", "generate", "convert", "bench", "demo"]
+VERBS = ["presets", "inspect", "analyze", "train", "eval", "sweep", "generate", "convert", "bench", "demo", "context"]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 
 
