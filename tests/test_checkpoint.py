@@ -4,10 +4,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import hybridlm
 from hybridlm import CheckpointError, HybridLM, ModelConfig
 from hybridlm.data.tokenizer import HFTokenizer, train_bpe
+from hybridlm.ownership import OwnershipError
 
 
 @pytest.mark.parametrize("name", ["jamba", "zamba2", "griffin", "stripedhyena"])
@@ -19,28 +21,73 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, name):
     with torch.no_grad():
         assert torch.equal(model(tokens), loaded(tokens))
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert files == ["config.json", "model.safetensors"]
+    assert files == ["config.json", "hybridlm.json", "model.safetensors"]
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["layer_types"] == model.config.layer_types
 
 
 def test_tied_head_is_stored_once(tmp_path):
     model = HybridLM(ModelConfig.from_preset("mamba", "tiny"))
     hybridlm.save(model, tmp_path / "m")
-    from safetensors.torch import load_file
 
     assert "lm_head.weight" not in load_file(tmp_path / "m" / "model.safetensors")
     loaded = hybridlm.load(tmp_path / "m")
     assert loaded.lm_head.weight is loaded.embed_tokens.weight
 
 
-def test_overwrite_replaces_whole_directory(tmp_path):
+def _hashes(directory) -> dict:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_an_existing_checkpoint_is_replaced_only_when_asked(tmp_path):
     first = HybridLM(ModelConfig.from_preset("transformer", "tiny"))
     hybridlm.save(first, tmp_path / "ckpt", tokenizer=train_bpe(["hello world"] * 10, vocab_size=270))
+    before = _hashes(tmp_path / "ckpt")
     second = HybridLM(ModelConfig.from_preset("hawk", "tiny"))
-    hybridlm.save(second, tmp_path / "ckpt")
-    assert not (tmp_path / "ckpt" / "tokenizer.json").exists()
+    with pytest.raises(OwnershipError, match="already holds a checkpoint; pass --overwrite"):
+        hybridlm.save(second, tmp_path / "ckpt")
+    assert _hashes(tmp_path / "ckpt") == before
+    hybridlm.save(second, tmp_path / "ckpt", overwrite=True)  # all of it hybridlm's: replaced as one
     assert hybridlm.load(tmp_path / "ckpt").config.pattern == second.config.pattern
+    assert not (tmp_path / "ckpt" / "tokenizer.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging leftovers
+
+
+def test_a_user_file_beside_a_checkpoint_blocks_overwrite(tmp_path):
+    hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "notes.md").write_text("mine")
+    before = _hashes(tmp_path / "ckpt")
+    with pytest.raises(OwnershipError, match=r"did not write \(notes.md\)"):
+        hybridlm.save(HybridLM(ModelConfig.from_preset("hawk", "tiny")), tmp_path / "ckpt", overwrite=True)
+    assert _hashes(tmp_path / "ckpt") == before
+
+
+def test_stale_staging_folders_are_removed_by_the_next_save(tmp_path):
+    stale = tmp_path / ".ckpt.staging.abcd1234"
+    stale.mkdir()  # what a save killed before its swap leaves: a staging folder with the marker
+    (stale / "hybridlm.json").write_text('{"written_by": "hybridlm", "kind": "staging", "owns": []}')
+    foreign = tmp_path / ".ckpt.staging.user"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("not ours")
+    hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "ckpt")
+    assert not stale.exists() and (foreign / "thesis.tex").exists()
+
+
+def test_non_finite_weights_are_never_saved_and_never_loaded(tmp_path):
+    model = HybridLM(ModelConfig.from_preset("mamba", "tiny"))
+    with torch.no_grad():
+        model.layers[0].mixer.A_log[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="A_log holds non-finite"):
+        hybridlm.save(model, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
+    good = _saved(tmp_path)
+    tensors = load_file(good / "model.safetensors")
+    name = sorted(tensors)[1]
+    tensors[name][0] = float("inf")
+    save_file(tensors, good / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"refusing to load: tensor {name} holds non-finite"):
+        hybridlm.load(good)
 
 
 def test_tokenizer_round_trip(tmp_path):
@@ -108,18 +155,28 @@ def test_bad_config_is_refused(tmp_path):
 
 def test_a_directory_with_other_files_is_never_replaced(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(CheckpointError, match="refusing to replace it"):
-        hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path)
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    (tmp_path / "config.json").write_text("{}")  # a Hugging Face folder looks like a checkpoint: still not ours
+    for overwrite in (False, True):
+        with pytest.raises(OwnershipError, match="refusing to replace it"):
+            hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path, overwrite=overwrite)
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and (tmp_path / "config.json").read_text() == "{}"
 
 
 def test_checkpoint_files_follow_the_umask(tmp_path):
     import os
 
-    hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "m")
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~umask
+    previous = os.umask(0o022)
+    try:
+        hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "m", tokenizer=_bpe())
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes == dict.fromkeys(["config.json", "hybridlm.json", "model.safetensors", "tokenizer.json"], 0o644)
+
+
+def _bpe():
+    return train_bpe(["the cat sat on the mat"] * 20, vocab_size=280)
 
 
 def test_strict_json_config(tmp_path):

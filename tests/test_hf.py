@@ -227,7 +227,7 @@ def _broken(kind: str, source: Path, target: Path) -> list[str]:
     if kind == "wrong family":
         hybridlm.save(hybridlm.load_hf(target), target / "ours")
         return ["convert", str(target / "ours"), str(target / "out"), "--to-hf", "--model-type", "jamba"]
-    return ["convert", str(target), str(target / "out")]
+    return ["convert", str(target), str(target.parent / "out")]
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,17 @@ def test_resume_refuses_a_different_model(tmp_path):
 def test_checkpoint_describes_itself(tmp_path):
     train(tiny_config(pattern="A"), _train_config(steps=2), out=tmp_path / "run")
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert files == ["config.json", "model.safetensors", "optimizer.pt", "trainer_state.json"]
+    assert files == [
+        "config.json",
+        "hybridlm.json",
+        "loss.png",
+        "metrics.jsonl",
+        "model.safetensors",
+        "optimizer.json",
+        "optimizer.safetensors",
+        "recipe.yaml",
+        "trainer_state.json",
+    ]
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     assert state["train_config"]["task"] == "mqar" and "command" in state
 
@@ -186,6 +196,8 @@ def _torchrun(out, strategy: str, port: int, *extra: str) -> None:
         "--batch-size",
         "2",
         "--log-every",
+        "2",
+        "--warmup-steps",
         "2",
         "--parallel",
         strategy,

@@ -2,8 +2,9 @@
 
 Writes are atomic: files are written and fsync'd in a sibling staging directory which then takes
 the target's place in one step (an atomic exchange on Linux), so a crash leaves either the old
-checkpoint or the new one. A directory holding anything but a checkpoint is never replaced.
-Loads never unpickle, and a corrupt, truncated or mismatched checkpoint is refused with a reason.
+checkpoint or the new one. Only a directory hybridlm wrote (ownership.py) is ever replaced, and
+only when asked (`overwrite`). Non-finite weights are never written and never loaded. Loads never
+unpickle, and a corrupt, truncated or mismatched checkpoint is refused with a reason.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .model import HybridLM
+from .ownership import MARKER, OwnershipError, check_replaceable, marker, remove_stale_staging
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,29 +34,79 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: missing, corrupt, or not matching its config."""
 
 
-def save(model: HybridLM, directory, tokenizer=None, extra_files: dict | None = None) -> Path:
-    """Write `model` (and `tokenizer`) to `directory`, replacing it atomically. Returns the path.
+def save(model: HybridLM, directory, tokenizer=None, extra_files: dict | None = None, overwrite: bool = False) -> Path:
+    """Write `model` (and `tokenizer`) to `directory` atomically. Returns the path.
 
-    `extra_files`: {name: str | bytes} written beside the weights (e.g. a training state).
+    An existing checkpoint there is replaced only with `overwrite=True`, and only when hybridlm
+    wrote all of it. `extra_files`: {name: str | bytes} written beside the weights.
     """
-    return save_state(model.config, model.state_dict(), directory, tokenizer, extra_files)
+    return save_state(model.config, model.state_dict(), directory, tokenizer, extra_files, overwrite=overwrite)
 
 
-def save_state(config: ModelConfig, state_dict: dict, directory, tokenizer=None, extra_files=None) -> Path:
-    """`save` from a config and a full state dict (what FSDP gathers); the tied head is dropped."""
+def save_state(
+    config: ModelConfig,
+    state_dict: dict,
+    directory,
+    tokenizer=None,
+    extra_files=None,
+    *,
+    overwrite: bool = False,
+    kind: str = "checkpoint",
+    carry: dict[str, Path] | None = None,
+) -> Path:
+    """`save` from a config and a full state dict (what FSDP gathers); the tied head is dropped.
+
+    `carry`: {name in the new directory: existing file or folder} it keeps (a run's metrics, older
+    checkpoints), hard-linked, not copied. Refuses non-finite tensors, naming the first."""
     tensors = {
         name: tensor.detach().contiguous().cpu()
         for name, tensor in state_dict.items()
         if not (config.tie_embeddings and name == "lm_head.weight")
     }
-    with atomic_directory(directory) as staging:
+    check_finite(tensors, f"refusing to save {directory}")
+    with atomic_directory(directory, overwrite=overwrite) as staging:
         config.to_json(staging / CONFIG_FILE)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(staging)
         for name, content in (extra_files or {}).items():
             (staging / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        for entry in staging.iterdir():
+            follow_umask(entry)
+        for name, source in (carry or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            link_tree(Path(source), staging / name)
+        (staging / MARKER).write_text(marker(kind, [entry.name for entry in staging.iterdir()]))
     return Path(directory)
+
+
+def check_finite(tensors: dict, context: str) -> None:
+    """Raise CheckpointError naming the first floating tensor holding a NaN or an infinity."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{context}: tensor {name} holds non-finite values (NaN or inf)")
+
+
+def follow_umask(path: Path) -> None:
+    """Give a written file the mode the umask implies (some writers create 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Hard-link a file, or a directory's files, from `source` to `target` (a copy where links fail)."""
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=_link_or_copy)
+    elif source.exists():
+        _link_or_copy(source, target)
+
+
+def _link_or_copy(source, target) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def saved_names(model: HybridLM) -> set[str]:
@@ -119,6 +171,7 @@ def load_weights(model: HybridLM, path) -> None:
             raise CheckpointError(
                 f"{path}: shape mismatch for {name}: file {tuple(tensor.shape)}, config {tuple(state[name].shape)}"
             )
+    check_finite(tensors, f"{path}: refusing to load")
     model.load_state_dict(tensors, strict=False)
 
 
@@ -128,24 +181,26 @@ def _few(names: list[str]) -> str:
 
 # ---- atomic directory replacement ------------------------------------------------------------------
 @contextmanager
-def atomic_directory(directory) -> Iterator[Path]:
+def atomic_directory(directory, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory; when the block succeeds it takes `directory`'s place at once.
 
-    Refuses to replace a directory that holds files but no config.json (not a checkpoint).
+    An existing, non-empty `directory` is replaced only with `overwrite` and only when hybridlm wrote
+    all of it; staging folders an interrupted save left beside it are removed first.
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"{directory} exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()) and not (directory / CONFIG_FILE).exists():
-        raise CheckpointError(f"{directory} holds files but no {CONFIG_FILE}: refusing to replace it")
+    check_replaceable(directory)
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise OwnershipError(f"{directory} already holds a checkpoint; pass --overwrite (overwrite=True) to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.staging.", dir=directory.parent))
     try:
+        (staging / MARKER).write_text(marker("staging", []))  # so a kill leaves a folder known to be ours
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint is as readable as other files
         yield staging
-        for file in staging.iterdir():
+        for file in staging.rglob("*"):
             _fsync(file)
         _fsync(staging)
         _swap(staging, directory)

@@ -77,7 +77,7 @@ def recall_experiment(steps: int = 400, seq_len: int = 64, n_pairs: int = 8, see
         steps=steps,
         batch_size=64,
         lr=3e-3,
-        warmup_steps=30,
+        warmup_steps=min(30, steps),
         log_every=max(steps // 4, 1),
         eval_batches=8,
         seed=seed,

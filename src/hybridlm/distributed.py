@@ -87,8 +87,13 @@ def full_value(tensor: torch.Tensor) -> float:
     return float(tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def all_ranks(flag: bool) -> bool:
+    """True when `flag` holds on every rank (one all-reduce; the flag itself without a process group)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([0.0 if flag else 1.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value.item() == 0.0
 
 
 def barrier() -> None:

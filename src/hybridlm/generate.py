@@ -6,6 +6,7 @@ a KV cache and positions start at 0 in every row, so each row gives what it give
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -84,7 +85,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k, top_p) -> Non
     """Refuse settings that cannot sample (they would fail deep inside torch.multinomial)."""
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
+    if not (math.isfinite(temperature) and temperature >= 0):
         raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")

@@ -25,6 +25,7 @@ scaling fit (`hybridlm analyze --scaling-fit`) reads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -36,11 +37,14 @@ from .analysis.cache_size import cache_bytes
 from .analysis.flops import model_flops
 from .analysis.params import active_parameters, build_meta
 from .config import ConfigError, ModelConfig
+from .ownership import check_replaceable, own
 from .pattern import attention_ratio, format_pattern
-from .train import TrainConfig, train
+from .recipe import TrainConfig, replace_train_config, train_config
+from .train import train
 
 log = logging.getLogger(__name__)
 PLACEMENTS = ("spread", "bottom", "top", "random")
+RESULTS_FILE = "results.json"
 SWEEP_KEYS = {"name", "base", "train", "hybrids", "grid", "cost_seq_len", "seed"}
 
 
@@ -89,36 +93,64 @@ def sweep_points(spec: dict) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(values for _, values in axes))]
 
 
+def resolve_points(spec: dict) -> list[tuple[dict, ModelConfig, TrainConfig]]:
+    """Every point as (its axis values, its model, its recipe), each checked by the same typed path
+    as `hybridlm train`: a typo or a bad value fails here, before anything trains."""
+    base = ModelConfig.from_dict({"pattern": "A", **spec.get("base", {})})
+    recipe = train_config(spec.get("train", {}))
+    points = []
+    for overrides in sweep_points(spec):
+        model_overrides = {k: v for k, v in overrides.items() if not k.startswith("train.")}
+        point_recipe = replace_train_config(recipe, {k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
+        points.append((overrides, base.with_overrides(model_overrides), point_recipe))
+    return points
+
+
+def point_key(config: ModelConfig, recipe: TrainConfig, cost_len: int) -> str:
+    """A point's identity: the hash of its fully resolved model, recipe and cost length, so a changed
+    recipe (or base) is trained again rather than matched on its axis values."""
+    text = json.dumps(
+        {"model": config.to_dict(), "train": dataclasses.asdict(recipe), "cost_seq_len": cost_len}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def run_sweep(spec: dict, out=None, progress=None) -> list[dict]:
     """Train and measure every point; with `out`, results are appended to out/results.json as they
-    come and points already there are skipped, so an interrupted sweep continues where it stopped."""
-    base = ModelConfig.from_dict({"pattern": "A", **spec.get("base", {})})
-    try:
-        recipe = TrainConfig(**spec.get("train", {}))
-    except TypeError as error:
-        raise ConfigError(f"sweep `train`: {error}") from None
+    come and points already there (same resolved model and recipe) are skipped, so an interrupted
+    sweep continues where it stopped. Rows of other recipes in the file are kept."""
+    points = resolve_points(spec)
     cost_len = int(spec.get("cost_seq_len", 8192))
-    results_path = Path(out) / "results.json" if out else None
+    results_path = Path(out) / RESULTS_FILE if out else None
+    if out is not None:
+        check_replaceable(out, "--out")
     rows = json.loads(results_path.read_text()) if results_path and results_path.exists() else []
-    done = {json.dumps(row["overrides"], sort_keys=True) for row in rows}
-    for overrides in sweep_points(spec):
-        key = json.dumps(overrides, sort_keys=True)
+    done = {row.get("key") for row in rows}
+    current = []
+    for overrides, config, point_recipe in points:
+        key = point_key(config, point_recipe, cost_len)
         if key in done:
+            current.append(next(row for row in rows if row.get("key") == key))
             continue
-        model_overrides = {k: v for k, v in overrides.items() if not k.startswith("train.")}
-        point_recipe = dataclasses.replace(recipe, **{k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
-        config = base.with_overrides(model_overrides)
         start = time.perf_counter()
         result = train(config, point_recipe)
-        rows.append(measure(config, point_recipe, cost_len, result.final_eval, overrides, time.perf_counter() - start))
+        row = measure(config, point_recipe, cost_len, result.final_eval, overrides, time.perf_counter() - start)
+        rows.append({"key": key, **row})
+        current.append(rows[-1])
         if results_path is not None:
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = results_path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(rows, indent=2) + "\n")
-            temporary.replace(results_path)
+            write_results(Path(out), rows)
         if progress is not None:
             progress(rows[-1])
-    return rows
+    return current
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    """results.json, atomically, in a directory marked as a sweep's."""
+    out.mkdir(parents=True, exist_ok=True)
+    temporary = out / f".{RESULTS_FILE}.tmp"
+    temporary.write_text(json.dumps(rows, indent=2) + "\n")
+    temporary.replace(out / RESULTS_FILE)
+    own(out, RESULTS_FILE, kind="sweep")
 
 
 def measure(config: ModelConfig, recipe: TrainConfig, cost_len: int, final: dict, overrides: dict, seconds: float):

@@ -1,40 +1,45 @@
 """Training loop: AdamW, warm-up + cosine schedule, exact resume, atomic checkpoints, one metrics
-line per logged step (loss, grad norm, tokens/s, MoE routing), synthetic tasks or local text.
+line per logged step (loss, grad norm, tokens/s, TFLOP/s and MFU, MoE routing), written to the
+run's metrics.jsonl as it happens; synthetic tasks or local text.
 
 Batches are pure functions of (seed, step, rank), so a resumed run sees exactly the batches an
-uninterrupted one would. A checkpoint directory describes itself: config.json, model.safetensors,
-tokenizer (when not bytes), trainer_state.json (step, settings, command, metrics), optimizer.pt.
+uninterrupted one would. A non-finite loss or gradient norm stops the run before the optimizer
+step (`TrainingDiverged`; the CLI exits 3), so the last checkpoint stays the last good one. The
+run directory's layout and the rules for writing it are in run_dir.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from . import distributed, run_dir
+from .analysis.flops import model_flops
 from .analysis.routing import routing_metrics, routing_report
-from .checkpoint import CheckpointError, load_config, load_weights, save_state
+from .checkpoint import CheckpointError, load_config, load_weights
 from .config import ConfigError, ModelConfig
 from .data.synthetic import IGNORE, make_task
 from .data.text import TextData
 from .data.tokenizer import ByteTokenizer, load_tokenizer
 from .evaluate import evaluate
+from .metrics_log import MetricsLog, plot_loss, read_metrics
 from .model import HybridLM
+from .optimizer_state import read_optimizer_state
+from .recipe import TrainConfig, dump_recipe, resolved_recipe
+from .run_dir import METRICS_FILE, RECIPE_FILE, STATE_FILE
 
 log = logging.getLogger(__name__)
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
+LOSS_PLOT = "loss.png"
 # settings a resumed run may change without changing the training itself
 FREE_ON_RESUME = {
     "steps",
@@ -43,31 +48,18 @@ FREE_ON_RESUME = {
     "eval_every",
     "eval_batches",
     "save_every",
+    "keep",
     "gradient_checkpointing",
+    "peak_tflops",
+    "tensorboard",
 }
 NO_DECAY = ("A_log", "D", "dt_bias", "dt_proj_bias", "a_param", "pole_rho", "pole_theta", "residue", "alpha_logit")
 
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
 
-@dataclass
-class TrainConfig:
-    task: str = "mqar"  # a synthetic task (mqar, passkey, copy, induction) or "text"
-    task_settings: dict = field(default_factory=dict)  # e.g. {"seq_len": 64, "n_pairs": 8}
-    text_path: str | None = None  # file or directory of .txt/.md for task "text"
-    seq_len: int = 256  # for text
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0  # 0: only at the end
-    eval_batches: int = 8
-    save_every: int = 0  # 0: only at the end (when an output directory is given)
-    parallel: str = "ddp"  # under torchrun: ddp or fsdp
-    gradient_checkpointing: bool = False
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became non-finite; nothing was saved after the last good step."""
 
 
 @dataclass
@@ -78,7 +70,8 @@ class TrainResult:
 
 
 def make_data(config: TrainConfig, tokenizer, model_vocab: int):
-    """An object with batch(batch_size, seed, index, split) -> Batch, checked to fit the model's vocabulary."""
+    """An object with batch(batch_size, seed, index, split) -> Batch, checked to fit the model's
+    vocabulary and to produce a batch (so bad task settings fail before any work)."""
     if config.task == "text":
         if not config.text_path:
             raise ConfigError("task 'text' needs --data PATH (a text file or a directory of .txt files)")
@@ -88,6 +81,7 @@ def make_data(config: TrainConfig, tokenizer, model_vocab: int):
         vocab = data.vocab_size
     if vocab > model_vocab:
         raise ConfigError(f"the {config.task} data uses {vocab} token ids but the model's vocab_size is {model_vocab}")
+    data.batch(1, config.seed, 0, "train")
     return data
 
 
@@ -104,91 +98,143 @@ def train(
     model_config: ModelConfig,
     config: TrainConfig,
     out=None,
-    resume: bool = False,
+    resume: bool | str = False,
     tokenizer=None,
     stop_at: int | None = None,
+    overwrite: bool = False,
+    progress=None,
 ) -> TrainResult:
-    """Train a model from `model_config` (or continue the run saved in `out` when `resume`).
+    """Train a model from `model_config`, or continue the run saved in `out`.
 
-    A resumed run must ask for the saved model and training settings (only `steps` may grow).
-    `stop_at`: leave after that step (saving when `out` is given), as an interrupted run would."""
+    `resume`: True continues the run in `out` (which must ask for the saved model and settings;
+    only `steps` and logging may change), "auto" continues it when there is one. `overwrite`
+    replaces a run hybridlm wrote. `stop_at`: leave after that step (saving), as an interrupted
+    run would. `progress(step, total)` is called after every step. Raises `TrainingDiverged` on a
+    non-finite loss or gradient norm, before that step changes any weight."""
     world = distributed.setup()
-    torch.manual_seed(config.seed)
     tokenizer = tokenizer or ByteTokenizer()
-    start_step, metrics = 0, []
-    if resume and out and (Path(out) / STATE_FILE).exists():
-        start_step, metrics = _check_resumable(out, model_config, config)
+    out = Path(out) if out is not None else None
+    resuming = run_dir.check(out, resume, overwrite) if out is not None else False
+    distributed.barrier()  # every rank has read the directory before the main one changes it
+    if out is not None and world.is_main:
+        run_dir.prepare(out, resuming)
+    distributed.barrier()
+    start_step = 0
+    if resuming:
+        start_step = _check_resumable(out, model_config, config)
         tokenizer = load_tokenizer(out)
+    data = make_data(config, tokenizer, model_config.vocab_size)
+    metrics_log = MetricsLog(
+        out / METRICS_FILE if out is not None and world.is_main else None,
+        start_step,
+        out / "tensorboard" if out is not None and config.tensorboard else None,
+    )
+    if out is not None and world.is_main:
+        run_dir.own(out, METRICS_FILE, *(["tensorboard"] if config.tensorboard else []))
+        run_dir.write_owned(out, RECIPE_FILE, dump_recipe(resolved_recipe(model_config, config)))
+    torch.manual_seed(config.seed)
     model = HybridLM(model_config).to(world.device)
     if start_step:
-        load_weights(model, Path(out) / "model.safetensors")
+        load_weights(model, out / "model.safetensors")
     model.gradient_checkpointing = config.gradient_checkpointing
     parallel_model = distributed.wrap(model, world, config.parallel)  # before the optimizer: FSDP swaps params
     optimizer = build_optimizer(model, config)
     if start_step:
-        saved_state = torch.load(Path(out) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        distributed.load_optimizer_state(model, optimizer, saved_state)
-    data = make_data(config, tokenizer, model_config.vocab_size)
+        distributed.load_optimizer_state(model, optimizer, read_optimizer_state(out))
     # bf16 autocast on CUDA only: this kind of CPU has no bf16 matmul units (50-500x slower than fp32)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
     log.info("training %s params on %s from step %d", f"{model.num_parameters():,}", config.task, start_step)
+    metrics = (
+        [record for record in read_metrics(out / METRICS_FILE) if record["step"] <= start_step] if start_step else []
+    )
 
     def save_at(step: int) -> None:
-        if out:
+        if out is not None:
             _save(model, optimizer, tokenizer, config, step, metrics, out, world)
 
+    flops_per_token = None
     tokens_seen, clock = 0, time.perf_counter()
-    for step in range(start_step, config.steps):
-        model.train()
-        batch = data.batch(config.batch_size, config.seed, step * world.size + world.rank, "train")
-        inputs, targets = batch.inputs.to(world.device), batch.targets.to(world.device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        with autocast:
-            logits = parallel_model(inputs)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-            aux = model.aux_loss()
-        optimizer.zero_grad(set_to_none=True)
-        (loss + aux).backward()
-        grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-        optimizer.step()
-        tokens_seen += inputs.numel() * world.size
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            elapsed = time.perf_counter() - clock
-            record = {
-                "step": done,
-                "loss": loss.item(),
-                "aux": aux.item(),
-                "grad_norm": grad_norm,
-                "lr": learning_rate(step, config),
-                "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
-                **routing_summary(model),
-            }
-            if config.eval_every and done % config.eval_every == 0 and done != config.steps:
-                record.update(evaluate(model, data, config.batch_size, config.eval_batches, config.seed, world.device))
-            metrics.append(record)
-            if world.is_main:
-                log.info(format_metrics(record))
-            tokens_seen, clock = 0, time.perf_counter()
-        if config.save_every and done % config.save_every == 0 and done != config.steps:
-            save_at(done)
-        if stop_at is not None and done == stop_at:
-            save_at(done)
-            distributed.teardown()
-            return TrainResult(step=done, metrics=metrics, final_eval={})
-    final = evaluate(model, data, config.batch_size, config.eval_batches, config.seed, world.device)
-    if metrics:
-        metrics[-1].update(final)
-    if world.is_main:
-        log.info("final %s", format_metrics(final))
-    save_at(config.steps)
-    distributed.teardown()
-    return TrainResult(step=config.steps, metrics=metrics, final_eval=final)
+    try:
+        for step in range(start_step, config.steps):
+            model.train()
+            batch = data.batch(config.batch_size, config.seed, step * world.size + world.rank, "train")
+            inputs, targets = batch.inputs.to(world.device), batch.targets.to(world.device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            with autocast:
+                logits = parallel_model(inputs)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+                aux = model.aux_loss()
+            optimizer.zero_grad(set_to_none=True)
+            (loss + aux).backward()
+            grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+            _check_finite(step + 1, loss, grad_norm, out)
+            optimizer.step()
+            tokens_seen += inputs.numel() * world.size
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                if flops_per_token is None:
+                    flops_per_token = model_flops(model_config, inputs.shape[1]).training_per_token
+                elapsed = max(time.perf_counter() - clock, 1e-9)
+                record = {
+                    "step": done,
+                    "loss": loss.item(),
+                    "aux": aux.item(),
+                    "grad_norm": grad_norm,
+                    "lr": learning_rate(step, config),
+                    "tokens_per_s": tokens_seen / elapsed,
+                    "tflops": tokens_seen * flops_per_token / elapsed / 1e12,
+                    **(
+                        {"mfu": tokens_seen * flops_per_token / elapsed / 1e12 / config.peak_tflops}
+                        if config.peak_tflops
+                        else {}
+                    ),
+                    **routing_summary(model),
+                }
+                if done == config.steps or (config.eval_every and done % config.eval_every == 0):
+                    record.update(
+                        evaluate(model, data, config.batch_size, config.eval_batches, config.seed, world.device)
+                    )
+                metrics.append(record)
+                metrics_log.write(record)
+                if world.is_main:
+                    log.info(format_metrics(record))
+                tokens_seen, clock = 0, time.perf_counter()
+            if progress is not None and world.is_main:
+                progress(done, config.steps)
+            if config.save_every and done % config.save_every == 0 and done != config.steps:
+                save_at(done)
+            if stop_at is not None and done == stop_at:
+                save_at(done)
+                return TrainResult(step=done, metrics=metrics, final_eval={})
+        if metrics and metrics[-1]["step"] == config.steps and "eval_loss" in metrics[-1]:
+            final = {key: value for key, value in metrics[-1].items() if key.startswith("eval_")}
+        else:  # resumed at the last step: nothing was trained now
+            final = evaluate(model, data, config.batch_size, config.eval_batches, config.seed, world.device)
+        if world.is_main:
+            log.info("final %s", format_metrics(final))
+        save_at(config.steps)
+        if out is not None and world.is_main and plot_loss(metrics, out / LOSS_PLOT):
+            run_dir.own(out, LOSS_PLOT)
+        distributed.barrier()  # no rank leaves the process group while another still writes
+        return TrainResult(step=config.steps, metrics=metrics, final_eval=final)
+    finally:
+        metrics_log.close()
+        distributed.teardown()
 
 
-def _check_resumable(out, model_config: ModelConfig, config: TrainConfig) -> tuple[int, list]:
-    """The saved step and metrics, after checking the run asks for the saved model and settings."""
+def _check_finite(step: int, loss: torch.Tensor, grad_norm: float, out) -> None:
+    """Stop before the optimizer step when any rank's loss or the gradient norm is not finite."""
+    loss_ok = distributed.all_ranks(bool(torch.isfinite(loss.detach())))
+    if loss_ok and math.isfinite(grad_norm):
+        return
+    quantity = "loss" if not loss_ok else f"gradient norm ({grad_norm})"
+    kept = f"; the last checkpoint in {out} is intact" if out is not None and (Path(out) / STATE_FILE).exists() else ""
+    raise TrainingDiverged(f"step {step}: non-finite {quantity}; stopped before updating the weights{kept}")
+
+
+def _check_resumable(out, model_config: ModelConfig, config: TrainConfig) -> int:
+    """The saved step, after checking the run asks for the saved model and settings."""
     saved = json.loads((Path(out) / STATE_FILE).read_text())
     if load_config(out) != model_config:
         raise CheckpointError(f"{out}: the saved model config differs from the requested one; drop --resume")
@@ -198,7 +244,9 @@ def _check_resumable(out, model_config: ModelConfig, config: TrainConfig) -> tup
     )
     if changed:
         raise CheckpointError(f"{out}: resuming needs the saved training settings; these differ: {', '.join(changed)}")
-    return saved["step"], saved.get("metrics", [])
+    if saved["step"] > config.steps:
+        raise ConfigError(f"{out} is saved at step {saved['step']}, past --steps {config.steps}")
+    return saved["step"]
 
 
 def build_optimizer(model: HybridLM, config: TrainConfig) -> torch.optim.AdamW:
@@ -213,9 +261,9 @@ def build_optimizer(model: HybridLM, config: TrainConfig) -> torch.optim.AdamW:
 
 def learning_rate(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to min_lr_ratio * lr at the last step."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -238,19 +286,11 @@ def _save(model, optimizer, tokenizer, config, step, metrics, out, world) -> Non
     """Every rank gathers the full state (FSDP needs all of them); rank 0 writes it atomically."""
     model_state, optimizer_state = distributed.full_state_dicts(model, optimizer)
     if world.is_main:
-        buffer = io.BytesIO()
-        torch.save(optimizer_state, buffer)
         state = {
             "step": step,
             "train_config": dataclasses.asdict(config),
             "command": " ".join(sys.argv),
             "metrics": metrics,
         }
-        save_state(
-            model.config,
-            model_state,
-            out,
-            tokenizer=tokenizer,
-            extra_files={STATE_FILE: json.dumps(state, indent=2) + "\n", OPTIMIZER_FILE: buffer.getvalue()},
-        )
+        run_dir.save_checkpoint(out, model.config, model_state, optimizer_state, tokenizer, state, config.keep)
     distributed.barrier()

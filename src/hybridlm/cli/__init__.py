@@ -1,19 +1,23 @@
 """The `hybridlm` command line. Only this package prints and exits; the library returns values.
 
 One module per verb, each with `HELP`, `add_arguments(parser)` and `run(args)`; adding a verb is
-one file plus one entry in `VERBS`. Errors a user can cause end with one line on stderr, exit 2.
+one file plus one entry in `VERBS`. Errors a user can cause (a bad flag included) end with one line
+on stderr and exit 2; a training run stopped by a non-finite loss or gradient exits 3; a closed
+stdout (`| head`) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..checkpoint import CheckpointError
-from ..config import ConfigError
+from ..config import ConfigError, nearest
 from ..pattern import PatternError
 from ..runtime import tune_allocator
+from ..train import TrainingDiverged
 
 VERBS = ["presets", "inspect", "analyze", "train", "eval", "sweep", "generate", "convert", "bench", "demo", "context"]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
@@ -21,7 +25,9 @@ USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        return _unknown_flags(parser, args, unknown)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
@@ -31,19 +37,44 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"hybridlm {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"hybridlm {args.verb}: stopped: {error}", file=sys.stderr)
+        return 3
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"hybridlm {args.verb}: interrupted", file=sys.stderr)
         return 130
 
 
+def _unknown_flags(parser: argparse.ArgumentParser, args, unknown: list[str]) -> int:
+    """One line naming the first unknown argument and, for a flag, the verb's nearest one."""
+    verb = getattr(args, "verb", None)
+    flags = [option for action in parser.verbs[verb]._actions for option in action.option_strings] if verb else []
+    first = unknown[0].split("=", 1)[0]
+    hint = nearest(first, flags).replace("; did you mean", ": did you mean") if first.startswith("-") else ""
+    print(f"hybridlm{' ' + verb if verb else ''}: error: unknown argument {first}{hint}", file=sys.stderr)
+    return 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (exit 2) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hybridlm", description="Build, train, measure and run hybrid Attention x SSM language models."
     )
-    subparsers = parser.add_subparsers(title="verbs", metavar="VERB")
+    subparsers = parser.add_subparsers(title="verbs", metavar="VERB", parser_class=OneLineParser)
+    parser.verbs = {}
     for name in VERBS:
         module = importlib.import_module(f".{name}", __name__)
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run, verb=name)
+        parser.verbs[name] = sub
     return parser

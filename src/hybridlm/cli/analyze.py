@@ -14,7 +14,7 @@ import sys
 
 from ..config import DTYPE_NAMES
 from ..presets import presets
-from .common import add_model_flags, format_table, human, resolve_config
+from .common import add_model_flags, format_table, human, plot_path, resolve_config
 
 HELP = "parameters, FLOPs and cache bytes at context length N (no weights allocated)"
 
@@ -35,7 +35,9 @@ def add_arguments(parser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="machine-readable output")
     output.add_argument("--csv", action="store_true", help="one CSV row per target and N")
-    parser.add_argument("--plot", metavar="FILE", help="memory and compute vs N (log-log), all targets on one figure")
+    parser.add_argument(
+        "--plot", metavar="FILE", type=plot_path, help="memory and compute vs N (log-log), all targets on one figure"
+    )
     parser.add_argument("--reference", action="store_true", help="the seed's worked example and Jamba's KV table")
     parser.add_argument(
         "--scaling-fit",

@@ -1,17 +1,17 @@
-"""Pieces the verbs share: model flags, resolving a target to a config, plain-text tables."""
+"""Pieces the verbs share: model flags, resolving a target to a config, progress bars, plain-text tables."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
+from contextlib import contextmanager
 
-from ..config import ModelConfig, nearest, parse_override
-from ..pattern import PatternError, format_pattern
-from ..presets import SIZES, preset_config, presets
+from ..config import ModelConfig
+from ..presets import SIZES
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", choices=SIZES, default="small", help="preset size (default: small)")
+def add_model_flags(parser: argparse.ArgumentParser, size_default: str | None = "small") -> None:
+    parser.add_argument("--size", choices=SIZES, default=size_default, help="preset size (default: small)")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -24,24 +24,39 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(target: str, size: str = "small", overrides: list[str] | None = None) -> ModelConfig:
     """A directory wins, then a preset name, then a layer pattern with the preset dimensions of `size`."""
-    from ..checkpoint import load_config
+    from ..recipe import parse_overrides, resolve_model
 
-    if Path(target).is_dir():
-        return load_config(target).with_overrides(_parsed(overrides))
-    if target not in presets():
-        try:
-            format_pattern(target)
-        except PatternError as error:
-            hint = nearest(target, presets()) or f"; presets: {', '.join(presets())}"
-            raise PatternError(
-                f"{target!r} is not a checkpoint directory, a preset or a valid pattern{hint} (as a pattern: {error})"
-            ) from None
-        return preset_config("transformer", size, {"pattern": target, **_parsed(overrides)})
-    return preset_config(target, size, _parsed(overrides))
+    return resolve_model(target, size, parse_overrides(overrides))
 
 
-def _parsed(overrides: list[str] | None) -> dict:
-    return dict(parse_override(item) for item in overrides or [])
+@contextmanager
+def progress_bar(total: int, label: str):
+    """A callback `(done, total)` drawing a bar with ETA on a terminal (tqdm); on a pipe or a file,
+    nothing (the log lines are the record). Log lines go above the bar."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with tqdm(total=total, desc=label, unit="step", dynamic_ncols=True) as bar, logging_redirect_tqdm():
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield advance
+
+
+def plot_path(text: str) -> str:
+    """An argparse type for `--plot FILE`: refuses, before any work, a format matplotlib cannot write."""
+    suffix = text.rsplit(".", 1)[-1].lower() if "." in text.rsplit("/", 1)[-1] else ""
+    formats = ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp", "pgf", "raw", "rgba", "svgz")
+    if suffix not in formats:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the plot's extension picks its format; use one of .{', .'.join(formats)}"
+        )
+    return text
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:

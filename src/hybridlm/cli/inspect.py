@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..pattern import format_pattern
-from .common import add_model_flags, format_table, resolve_config
+from .common import add_model_flags, format_table, plot_path, resolve_config
 
 HELP = "expanded per-layer table and parameter count; --mixing, --gradient-flow, ... analyse a model on an input"
 
@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     analysis.add_argument("--seq-len", type=int, default=64, help="length of the random input without --prompt")
     analysis.add_argument("--batch", type=int, default=4, help="random rows for --gradient-flow and --routing")
     analysis.add_argument("--seed", type=int, default=0, help="seed of random weights and inputs")
-    analysis.add_argument("--plot", metavar="FILE", help="write the analysis' figure")
+    analysis.add_argument("--plot", metavar="FILE", type=plot_path, help="write the analysis' figure")
 
 
 ANALYSES = ("mixing", "gradient_flow", "memory_length", "routing")

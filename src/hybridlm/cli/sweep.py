@@ -15,21 +15,28 @@ HELP = "design-space exploration: train a grid of hybrids, report quality vs cos
 
 
 def add_arguments(parser) -> None:
+    from .. import settings
+    from ..recipe import TrainConfig
+
     parser.add_argument("config", help="a sweep file (JSON): base config, training recipe, axes (see configs/)")
     parser.add_argument("--out", help="directory for results.json, results.csv and pareto.png (resumable)")
-    parser.add_argument("--steps", type=int, help="override the training steps of every point")
     parser.add_argument("--list", action="store_true", help="print the points and exit without training")
+    group = parser.add_argument_group("recipe", "override the sweep file's training recipe for every point")
+    settings.add_flags(group, TrainConfig, skip=("task_settings", "parallel", "tensorboard", "keep"))
 
 
 def run(args) -> None:
-    from ..sweep import load_spec, pareto_front, run_sweep, sweep_points
+    from .. import settings
+    from ..recipe import TrainConfig
+    from ..sweep import load_spec, pareto_front, resolve_points, run_sweep
 
     spec = load_spec(args.config)
-    if args.steps is not None:
-        spec["train"] = {**spec.get("train", {}), "steps": args.steps}
+    changes = settings.given(args, TrainConfig, skip=("task_settings", "parallel", "tensorboard", "keep"))
+    if changes:
+        spec["train"] = {**spec.get("train", {}), **changes}
     if args.list:
-        for number, overrides in enumerate(sweep_points(spec), 1):
-            print(number, overrides)
+        for number, (overrides, config, recipe) in enumerate(resolve_points(spec), 1):
+            print(number, overrides, f"({config.pattern}, {recipe.steps} steps)")
         return
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     rows = run_sweep(
@@ -64,9 +71,11 @@ def run(args) -> None:
         print(f"\nPareto frontier, accuracy vs {cost.replace('_', ' ')}: {front}")
     if args.out:
         from ..analysis.plots import plot_pareto
+        from ..ownership import own
 
         _write_csv(rows, Path(args.out) / "results.csv")
         plot = plot_pareto(rows, Path(args.out) / "pareto.png")
+        own(args.out, "results.csv", "pareto.png", kind="sweep")
         print(f"\nwrote {Path(args.out) / 'results.json'}, results.csv and {plot}")
 
 

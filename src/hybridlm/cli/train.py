@@ -1,105 +1,121 @@
 """`hybridlm train`: train on a synthetic task or local text; `--out DIR`, `--resume`; torchrun-ready.
 
 hybridlm train "(RF AF)*1" --task mqar --task-set seq_len=64 --task-set n_pairs=8 --steps 600 --out runs/mqar
+hybridlm train --config runs/mqar/recipe.yaml --out runs/mqar-again
 torchrun --nproc_per_node 2 -m hybridlm.cli train jamba --size tiny --task mqar --steps 100
+
+Every flag below the model comes from a `TrainConfig` field (recipe.py); a recipe file (`--config`)
+gives the same settings, flags override it, and `--print-config` shows the resolved recipe.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
+from .. import settings
 from ..config import ConfigError, parse_override
-from .common import add_model_flags, resolve_config
+from .common import add_model_flags, progress_bar
 
 HELP = "train on text or a synthetic task (mqar, passkey, copy, induction); --out DIR, --resume"
+PAPER_REFUSAL = (
+    "--size paper is the published shape (up to billions of weights) and train would allocate it; "
+    "use --size tiny or small (inspect and analyze read paper sizes without weights)"
+)
 
 
 def add_arguments(parser) -> None:
+    from ..recipe import TrainConfig
+
     parser.add_argument("model", nargs="?", help="preset, pattern or checkpoint directory (optional with --resume)")
-    add_model_flags(parser)
-    parser.add_argument("--task", help="mqar | passkey | copy | induction | text (default: mqar)")
+    add_model_flags(parser, size_default=None)
+    parser.add_argument("--config", help="a recipe file (YAML or JSON: model, size, set, train); flags override it")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--out", help="run directory: checkpoints (written atomically), metrics.jsonl, recipe.yaml")
     parser.add_argument(
-        "--task-set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="task setting, e.g. --task-set seq_len=128 --task-set n_pairs=16",
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="auto",
+        help="continue the run saved in --out exactly; --resume auto: continue it if there is one, else start",
     )
-    parser.add_argument("--data", help="text file or directory of .txt/.md files (task text)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run (or checkpoint) hybridlm wrote in --out"
+    )
     parser.add_argument("--tokenizer", default="byte", help="byte (default) or bpe:VOCAB, trained on --data")
-    parser.add_argument("--seq-len", type=int, help="sequence length for text (default 256)")
-    parser.add_argument("--steps", type=int, help="total steps (default 200; with --resume: the saved plan)")
-    parser.add_argument("--batch-size", type=int, help="default 32")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
-    parser.add_argument("--warmup-steps", type=int, help="default 20")
-    parser.add_argument("--weight-decay", type=float, help="default 0.1")
-    parser.add_argument("--seed", type=int, help="default 0")
-    parser.add_argument("--log-every", type=int, help="default 10")
-    parser.add_argument("--eval-every", type=int, help="default 0: at the end only")
-    parser.add_argument("--eval-batches", type=int, help="default 8")
-    parser.add_argument("--save-every", type=int, help="default 0: at the end only")
-    parser.add_argument("--out", help="checkpoint directory (written atomically)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly")
-    parser.add_argument("--parallel", choices=["ddp", "fsdp"], help="strategy under torchrun (default ddp)")
     parser.add_argument(
-        "--gradient-checkpointing", action="store_true", default=None, help="recompute sub-layers in backward"
+        "--task-set", action="append", metavar="KEY=VALUE", help="task setting, e.g. --task-set seq_len=128"
     )
+    settings.add_flags(parser, TrainConfig, skip=("task_settings",))
 
 
-# command-line flag -> TrainConfig field
-FLAGS = {
-    "task": "task",
-    "task_set": "task_settings",
-    "data": "text_path",
-    "seq_len": "seq_len",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "warmup_steps": "warmup_steps",
-    "weight_decay": "weight_decay",
-    "seed": "seed",
-    "log_every": "log_every",
-    "eval_every": "eval_every",
-    "eval_batches": "eval_batches",
-    "save_every": "save_every",
-    "parallel": "parallel",
-    "gradient_checkpointing": "gradient_checkpointing",
-}
+def run(args) -> int | None:
+    from ..recipe import dump_recipe, resolved_recipe
+    from ..run_dir import check
+    from ..train import train
 
-
-def run(args) -> None:
-    import os
-
-    from ..checkpoint import load_config
-    from ..train import STATE_FILE, TrainConfig, train
-
+    model_config, config, resuming = resolve(args)
+    if args.print_config:
+        print(dump_recipe(resolved_recipe(model_config, config)), end="")
+        return None
+    if args.out:
+        check(args.out, args.resume or False, args.overwrite)  # before a tokenizer is trained or a model built
+    tokenizer = None if resuming else _tokenizer(args.tokenizer, config, model_config)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    given = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
-    if "task_settings" in given:
-        given["task_settings"] = dict(_typed(parse_override(item)) for item in given["task_settings"])
-    if args.resume:
-        saved = Path(args.out) / STATE_FILE if args.out else None
-        if not (saved and saved.exists()):
-            raise ConfigError("--resume needs --out DIR holding a previous run (trainer_state.json)")
-        previous = TrainConfig(**json.loads(saved.read_text())["train_config"])
-        config = dataclasses.replace(previous, **given)  # train() refuses changes that break exactness
-        model_config = resolve_config(args.model, args.size, args.overrides) if args.model else load_config(args.out)
-        tokenizer = None
-    else:
-        if args.model is None:
-            raise ConfigError("give a model (preset, pattern or directory), or --resume with --out")
-        config = TrainConfig(**given)
-        model_config = resolve_config(args.model, args.size, args.overrides)
-        tokenizer = _tokenizer(args.tokenizer, config, model_config)
-    result = train(model_config, config, out=args.out, resume=args.resume, tokenizer=tokenizer)
+    with progress_bar(config.steps, "train") as bar:
+        result = train(
+            model_config,
+            config,
+            out=args.out,
+            resume=args.resume or False,
+            tokenizer=tokenizer,
+            overwrite=args.overwrite,
+            progress=bar,
+        )
     if os.environ.get("RANK", "0") == "0":
         final = result.final_eval
         saved_to = f"; saved to {args.out}" if args.out else ""
         print(
             f"step {result.step}: eval loss {final['eval_loss']:.4f}, accuracy {final['eval_accuracy']:.4f}{saved_to}"
         )
+    return None
+
+
+def resolve(args):
+    """(model config, training config, resuming) from the recipe file, the saved run and the flags."""
+    from ..checkpoint import load_config
+    from ..recipe import TrainConfig, parse_overrides, read_recipe, replace_train_config, resolve_model, train_config
+    from ..run_dir import STATE_FILE
+
+    if args.resume not in (None, True, "auto"):
+        raise ConfigError(f"--resume {args.resume!r}: give no value (continue) or auto")
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR holding a previous run")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    recipe = read_recipe(args.config) if args.config else {}
+    changes = {**recipe.get("train", {}), **settings.given(args, TrainConfig, skip=("task_settings",))}
+    if args.task_set:
+        changes["task_settings"] = {
+            **changes.get("task_settings", {}),
+            **dict(_typed(parse_override(item)) for item in args.task_set),
+        }
+    size = args.size or recipe.get("size", "small")
+    if size == "paper":
+        raise ConfigError(PAPER_REFUSAL)
+    target = args.model or recipe.get("model")
+    overrides = {**recipe.get("set", {}), **parse_overrides(args.overrides)}
+    saved = Path(args.out) / STATE_FILE if args.out else None
+    if args.resume and saved.exists():
+        previous = TrainConfig(**json.loads(saved.read_text())["train_config"])
+        config = replace_train_config(previous, changes)  # train() refuses changes that break exactness
+        model_config = resolve_model(target, size, overrides) if target else load_config(args.out)
+        return model_config, config, True
+    if target is None:
+        raise ConfigError("give a model (preset, pattern or directory), a --config recipe, or --resume with --out")
+    return resolve_model(target, size, overrides), train_config(changes), False
 
 
 def _typed(item: tuple[str, str]) -> tuple[str, object]:

@@ -93,13 +93,16 @@ def hf_config(config: ModelConfig, model_type: str | None = None) -> tuple[objec
     raise ConfigError(f"no Hugging Face family can hold pattern {config.pattern!r} ({'; '.join(reasons)})")
 
 
-def save_hf(model: HybridLM, directory, model_type: str | None = None) -> Path:
-    """Write `model` as a transformers checkpoint (config.json + model.safetensors); returns the path."""
+def save_hf(
+    model: HybridLM, directory, model_type: str | None = None, extra_files=None, overwrite: bool = False
+) -> Path:
+    """Write `model` as a transformers checkpoint (config.json + model.safetensors, + `extra_files`
+    such as tokenizer.json); returns the path. An earlier export is replaced only with `overwrite`."""
     family, hf = hf_config(model.config, model_type)
     hf["dtype"] = str(model.embed_tokens.weight.dtype).removeprefix("torch.")
     rules = _rules(family, model.config, _names_in_order(model))
     tensors = export_tensors(rules, model.state_dict())
-    return write_checkpoint(Path(directory), hf, tensors)
+    return write_checkpoint(Path(directory), hf, tensors, extra_files, overwrite)
 
 
 def _names_in_order(model: HybridLM) -> list[str]:

@@ -16,7 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..checkpoint import CheckpointError, atomic_directory, read_config_json
+from ..checkpoint import CheckpointError, atomic_directory, check_finite, follow_umask, read_config_json
+from ..ownership import MARKER, marker
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -126,10 +127,19 @@ class TensorSource:
         return tensor
 
 
-def write_checkpoint(directory: Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write config.json + model.safetensors to `directory`, replacing it atomically."""
-    with atomic_directory(directory) as staging:
+def write_checkpoint(
+    directory: Path, config: dict, tensors: dict[str, torch.Tensor], extra_files=None, overwrite: bool = False
+) -> Path:
+    """Write config.json + model.safetensors (+ `extra_files`, {name: bytes}) to `directory` atomically;
+    an earlier export there is replaced only with `overwrite`."""
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    check_finite(contiguous, f"refusing to export {directory}")
+    with atomic_directory(directory, overwrite=overwrite) as staging:
         (staging / CONFIG_FILE).write_text(json.dumps(_encode_floats(config), indent=2, sort_keys=True) + "\n")
-        contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
         save_file(contiguous, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_bytes(content)
+        for entry in staging.iterdir():
+            follow_umask(entry)
+        (staging / MARKER).write_text(marker("hf-export", [entry.name for entry in staging.iterdir()]))
     return directory
