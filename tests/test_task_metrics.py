@@ -46,7 +46,7 @@ def test_mqar_is_content_dominant_and_lag_position_dominant(capsys, tmp_path):
 
     lag = _train(tmp_path, "lag", "A", "lag", LAG_SETTINGS, 100)
     result = _metrics(capsys, lag)
-    assert result["r_T"]["ratio"] < 0.1  # measured 0.005: moving the source ruins it, new content does not
+    assert result["r_T"]["ratio"] < 0.1  # measured 0.0012: moving the source ruins it, new content does not
     assert result["r_T"]["position_increase"] > 2 and result["r_T"]["content_increase"] < 0.2
     contexts, losses = result["context"]["contexts"], result["context"]["losses"]
     assert all(loss > losses[-1] + 2 for k, loss in zip(contexts, losses) if k <= 3)  # x[t-3] not in view
