@@ -16,6 +16,7 @@ from ..config import ConfigError, nearest
 
 IGNORE = -100
 NO_SOURCE = -1
+_UnionType = type(int | None)  # the class of `X | None` annotations
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,3 @@ def _fits(value, expected) -> bool:
 def _type_name(expected) -> str:
     options = typing.get_args(expected) or (expected,)
     return " or ".join("none" if option is type(None) else option.__name__ for option in options)
-
-
-_UnionType = type(int | None)
