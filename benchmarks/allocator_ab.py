@@ -6,7 +6,7 @@ python benchmarks/allocator_ab.py --preset mamba --batch 4 --seq-len 256
 import argparse
 
 from hybridlm.bench.allocator import allocator_rows
-from hybridlm.cli.bench import format_rows
+from hybridlm.bench.report import format_rows
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import torch
 
 from hybridlm.bench.context import CONTEXT_PRESETS, CONTEXTS, context_rows, jamba_kv_rows
 from hybridlm.bench.decode_profile import decode_profile_rows
-from hybridlm.cli.bench import format_rows
+from hybridlm.bench.report import format_rows
 from hybridlm.runtime import tune_allocator
 
 

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from hybridlm.bench import kernels
-from hybridlm.cli.bench import format_rows
+from hybridlm.bench.report import format_rows
 from hybridlm.runtime import tune_allocator
 
 

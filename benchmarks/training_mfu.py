@@ -7,8 +7,8 @@ import argparse
 
 import torch
 
+from hybridlm.bench.report import format_rows
 from hybridlm.bench.training import TRAINING_PRESETS, training_rows
-from hybridlm.cli.bench import format_rows
 from hybridlm.presets import presets
 from hybridlm.runtime import tune_allocator
 

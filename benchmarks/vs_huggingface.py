@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from hybridlm.bench.models import HF_FAMILIES, model_rows
-from hybridlm.cli.bench import format_rows
+from hybridlm.bench.report import format_rows
 from hybridlm.runtime import tune_allocator
 
 

@@ -2,6 +2,8 @@
 
 from hybridlm import ModelConfig
 
+from . import ema_mixer  # noqa: F401  (registers the family `Y`, defined outside the package)
+
 # One entry per mixer (and FFN) character, with the blend in each of its SSM/attention combinations.
 MIXER_CASES = {
     "A": {"pattern": "A"},
@@ -23,6 +25,7 @@ MIXER_CASES = {
     "P-HL": {"pattern": "P", "blend": {"ssm": "H", "attn": "L"}, "attention": {"window": 6}},
     "F": {"pattern": "AF"},
     "E": {"pattern": "AE", "moe": {"n_experts": 4, "top_k": 2}},
+    "Y-outside-the-package": {"pattern": "YF"},
 }
 
 FFT_CASES = {"H", "P-HL"}  # long convolution by FFT: causal up to rounding, not bit-exact

@@ -7,7 +7,6 @@ import torch
 
 from hybridlm import HybridLM, ModelConfig
 from hybridlm.analysis.mixing import layer_mixing, mixing_matrices, mixing_summary
-from hybridlm.analysis.mixing_ops import mamba2_scan_inputs, mamba_scan_inputs, sublayer_operators
 from hybridlm.analysis.probe import record_sublayers
 from hybridlm.cli import main
 from hybridlm.ops.fftconv import fft_causal_conv
@@ -83,14 +82,14 @@ def test_ssm_matrices_reproduce_the_scans(char):
     model = HybridLM(_strong_mixing(char)).eval()
     (call,) = record_sublayers(model, torch.randint(0, 50, (1, LENGTH)))
     mixer, u, ctx = call.module, call.x, call.ctx
-    (operator,) = sublayer_operators(char, mixer, u, ctx)
+    (operator,) = mixer.mixing_operators(u, ctx)
     with torch.no_grad():
         if char == "M":
-            x, _, dt, B, C = mamba_scan_inputs(mixer, u, ctx)
+            x, _, dt, B, C, _ = mixer.scan_inputs(u, ctx)
             scan, _ = selective_scan_ref(x, dt, -torch.exp(mixer.A_log.float()), B, C)
             expected = scan[0].T.unsqueeze(-1)  # (d_in, N, 1)
         elif char == "D":
-            x, _, dt, B, C = mamba2_scan_inputs(mixer, u, ctx)
+            x, _, dt, B, C, _ = mixer.scan_inputs(u, ctx)
             heads, groups = mixer.n_heads, mixer.options.n_groups
             scan, _ = ssd_ref(
                 x.view(1, LENGTH, heads, -1),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hybridlm import HybridLM, ModelConfig, presets
-from hybridlm.pattern import MIXER_CHARS
+from hybridlm.layers.registry import mixer_chars
 
 from .helpers import MIXER_CASES, tiny_config
 
@@ -48,7 +48,7 @@ def test_mixer_decoding_equals_full_forward(case):
 
 
 def random_pattern(rng: random.Random, n_mixers: int) -> str:
-    mixers = sorted(MIXER_CHARS - {"S"})
+    mixers = sorted(mixer_chars() - {"S"})
     parts = []
     for _ in range(n_mixers):
         mixer = rng.choice(mixers + ["S"])

@@ -1,6 +1,8 @@
+import time
+
 import pytest
 
-from hybridlm.pattern import PatternError, attention_ratio, expand, format_pattern, layer_chars
+from hybridlm.pattern import MAX_SUBLAYERS, PatternError, attention_ratio, expand, format_pattern, layer_chars
 
 
 @pytest.mark.parametrize(
@@ -84,3 +86,34 @@ def test_attention_ratio_counts_mixers_only():
 
 def test_multi_digit_counts_and_nesting():
     assert len(expand("((A)*10 M)*12")) == 132
+
+
+@pytest.mark.parametrize(
+    "pattern, length",
+    [("(MF)*99999999999999", "199,999,999,999,998"), ("(MF)*100000", "200,000"), ("((MF)*1000)*1000", "2,000,000")],
+)
+def test_patterns_over_the_limit_are_refused_before_expanding(pattern, length):
+    start = time.perf_counter()
+    with pytest.raises(PatternError, match=f"expands to {length} sub-layers; the limit is 10,000"):
+        expand(pattern)
+    assert time.perf_counter() - start < 0.1
+
+
+def test_a_count_with_too_many_digits_is_refused():
+    with pytest.raises(PatternError, match="over the limit of 10,000"):
+        expand("(MF)*" + "9" * 5000)  # int() of it alone would be refused by Python (> 4300 digits)
+
+
+def test_patterns_at_the_limit_parse_quickly():
+    start = time.perf_counter()
+    assert len(expand("(MF)*5000")) == MAX_SUBLAYERS
+    assert time.perf_counter() - start < 1.0
+
+
+def test_cli_inspect_refuses_a_huge_pattern_at_once(capsys):
+    from hybridlm.cli import main
+
+    start = time.perf_counter()
+    assert main(["inspect", "(MF)*100000"]) == 2
+    assert time.perf_counter() - start < 1.0
+    assert "the limit is 10,000" in capsys.readouterr().err

@@ -168,61 +168,80 @@ def test_cli_train_errors_are_one_line(capsys):
     assert main(["train", "--resume"]) == 2
 
 
-def _torchrun(out, strategy: str, port: int, *extra: str) -> None:
+# the balance loss is a per-micro-batch statistic (as in Switch and Megatron): off, so splits compare exactly
+EVERY_FAMILY = ["SM D RF H LF P AE", "--size", "tiny", *("--set", "moe.n_experts=4", "--set", "moe.top_k=2")]
+EVERY_FAMILY += ["--set", "moe.aux_loss_coef=0"]
+
+
+def _launch(out, processes: int, port: int, *extra: str) -> None:
+    """`hybridlm train` on every mixer family, in one process or under torchrun (gloo)."""
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
     command = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
+        *(launcher if processes > 1 else []),
         "-m",
         "hybridlm.cli",
         "train",
-        "A E",
-        "--size",
-        "tiny",
-        "--set",
-        "moe.n_experts=8",
-        "--set",
-        "moe.top_k=1",
-        "--task",
-        "mqar",
-        "--task-set",
-        "seq_len=16",
-        "--task-set",
-        "n_pairs=2",
-        "--batch-size",
-        "2",
-        "--log-every",
-        "2",
-        "--warmup-steps",
-        "2",
-        "--parallel",
-        strategy,
-        "--out",
-        str(out),
-        *extra,
+        *EVERY_FAMILY,
+        *("--task", "mqar", "--task-set", "seq_len=16", "--task-set", "n_pairs=2", "--task-set", "vocab_size=64"),
+        *("--set", "vocab_size=64", "--batch-size", "4", "--log-every", "1", "--warmup-steps", "2"),
+        *("--out", str(out), *extra),
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
-def test_torchrun_ddp_and_fsdp_agree_on_cpu(tmp_path):
-    """Two gloo processes, an MoE whose experts often get no token: DDP and FSDP train the same weights,
-    and an FSDP run stopped at step 2 and resumed ends where the uninterrupted one does."""
-    _torchrun(tmp_path / "ddp", "ddp", 29517, "--steps", "4")
-    _torchrun(tmp_path / "fsdp", "fsdp", 29518, "--steps", "4")
-    _torchrun(tmp_path / "resumed", "fsdp", 29519, "--steps", "2")
-    _torchrun(tmp_path / "resumed", "fsdp", 29520, "--steps", "4", "--resume")
-    ddp, fsdp, resumed = (hybridlm.load(tmp_path / name) for name in ("ddp", "fsdp", "resumed"))
-    for (name, a), b, c in zip(ddp.state_dict().items(), fsdp.state_dict().values(), resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-5), name
-        assert torch.allclose(b, c, atol=1e-6), name
-    assert json.loads((tmp_path / "fsdp" / "trainer_state.json").read_text())["step"] == 4
+def test_one_and_two_processes_train_the_same_recipe(tmp_path):
+    """The global batch is split over ranks (and micro-steps): 1 process, DDP and FSDP (with gradient
+    accumulation) on every mixer family give the same weights and the same logged losses, and a
+    2-process FSDP run resumed in 1 process ends where the uninterrupted run does."""
+    _launch(tmp_path / "single", 1, 0, "--steps", "4")
+    ddp = _launch(tmp_path / "ddp", 2, 29517, "--steps", "4", "--parallel", "ddp")
+    _launch(tmp_path / "fsdp", 2, 29518, "--steps", "4", "--parallel", "fsdp", "--grad-accum", "2")
+    _launch(tmp_path / "resumed", 2, 29519, "--steps", "2", "--parallel", "fsdp")
+    _launch(tmp_path / "resumed", 1, 0, "--steps", "4", "--resume")
+    runs = {name: hybridlm.load(tmp_path / name).state_dict() for name in ("single", "ddp", "fsdp", "resumed")}
+    for name, tensor in runs["single"].items():
+        for other in ("ddp", "fsdp", "resumed"):
+            assert torch.allclose(tensor, runs[other][name], atol=2e-5), (other, name)
+    losses = {
+        name: [line["loss"] for line in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]
+        for name in ("single", "ddp", "fsdp")
+    }
+    assert losses["ddp"] == pytest.approx(losses["single"], abs=1e-5)
+    assert losses["fsdp"] == pytest.approx(losses["single"], abs=1e-5)
+    assert ddp.stdout.count("step 4:") == 1 and ddp.stderr.count("training ") == 1  # rank 0 speaks
+
+
+def test_a_global_batch_that_does_not_split_is_refused(capsys):
+    from hybridlm.cli import main
+
+    assert main(["train", "A", "--size", "tiny", "--batch-size", "6", "--grad-accum", "4", "--steps", "1"]) == 2
+    assert "batch_size 6 does not split over 1 rank(s) x 4 micro-step(s)" in capsys.readouterr().err
+
+
+def test_half_precision_on_cpu_is_refused_with_the_reason(capsys):
+    from hybridlm.cli import main
+
+    assert main(["train", "A", "--size", "tiny", "--precision", "bf16", "--steps", "1"]) == 2
+    assert "50-500x slower than fp32" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    config = tiny_config(pattern="M A E", moe={"n_experts": 4, "top_k": 2, "aux_loss_coef": 0.0})
+    whole = train(config, _train_config(steps=3, batch_size=8))
+    accumulated = train(config, _train_config(steps=3, batch_size=8, grad_accum=4))
+    assert [r["loss"] for r in whole.metrics] == pytest.approx([r["loss"] for r in accumulated.metrics], abs=1e-5)
+
+
+def test_compile_trains_the_same_weights(tmp_path):
+    config = tiny_config(pattern="A F")
+    plain = train(config, _train_config(steps=2), out=tmp_path / "plain")
+    compiled = train(config, _train_config(steps=2, compile=True), out=tmp_path / "compiled")
+    assert plain.metrics[-1]["loss"] == pytest.approx(compiled.metrics[-1]["loss"], abs=1e-4)
 
 
 def test_cli_resume_keeps_the_saved_plan(tmp_path, capsys):

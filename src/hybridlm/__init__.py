@@ -7,6 +7,7 @@ from .hf import load_hf
 from .model import HybridLM
 from .pattern import PatternError
 from .presets import presets
+from .register import register_mixer
 
 __all__ = [
     "ByteTokenizer",
@@ -19,6 +20,7 @@ __all__ = [
     "load_hf",
     "load_tokenizer",
     "presets",
+    "register_mixer",
     "save",
 ]
 __version__ = "0.1.0"

@@ -2,41 +2,40 @@
 
 A hybrid's cache differs per layer: attention keeps keys and values (a ring of `window - 1` past
 entries when windowed, so its memory stops growing), an SSM keeps its last `k - 1` conv inputs and
-a fixed fp32 state, the alpha-blend keeps both. Every state is updated in place by its mixer and
-answers `nbytes()` and `select(indices)`.
+a fixed fp32 state, the alpha-blend keeps both. Each family's state is a typed dataclass (a
+`State`, defined in the family's file), updated in place by its mixer; every state answers
+`nbytes()` and `select(indices)`.
 
 Glossary: B batch, T cache slots, H_kv key/value heads, D head dim, N new tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 EMPTY = -1  # position of an empty or padding slot: never attended by a real query
 
 
-class LayerState:
-    """Named tensors (conv windows, SSM/recurrence states) or nested states of one sub-layer."""
+class State:
+    """Base of the typed per-family states (dataclasses of tensors and nested states, layers/*.py).
 
-    def __init__(self, **parts):
-        self.__dict__["parts"] = parts
+    Each family declares what its state holds as dataclass fields; this base gives them `nbytes`
+    and `select` by walking those fields."""
 
-    def __getattr__(self, name):
-        try:
-            return self.__dict__["parts"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name, value):
-        self.__dict__["parts"][name] = value
+    def parts(self) -> list:
+        """What the state holds: its tensors and nested states, in field order."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
     def nbytes(self) -> int:
-        return sum(_nbytes(part) for part in self.parts.values())
+        return sum(_nbytes(part) for part in self.parts())
 
     def select(self, indices: torch.Tensor) -> None:
-        for name, part in self.parts.items():
+        for f in dataclasses.fields(self):
+            part = getattr(self, f.name)
             if isinstance(part, torch.Tensor):
-                self.parts[name] = part.index_select(0, indices)
+                setattr(self, f.name, part.index_select(0, indices))
             elif part is not None:
                 part.select(indices)
 
@@ -149,3 +148,106 @@ def _nbytes(part) -> int:
     if isinstance(part, torch.Tensor):
         return part.numel() * part.element_size()
     return part.nbytes()
+
+
+# ---- batch rows of whole caches (continuous batching, prefix snapshots) -------------------------------
+def clone_cache(cache: Cache) -> Cache:
+    """An independent copy of every layer's state; KV caches keep only their written slots."""
+    return Cache([_clone_state(state) for state in cache.states], cache.seen.clone())
+
+
+def concat_caches(caches: list[Cache]) -> Cache:
+    """One cache holding the rows of `caches` in order, each row continuing exactly as it would alone.
+
+    Full-attention rows of different lengths are right-aligned (the gap on the left is marked empty,
+    as left padding is); ring-buffer rows are rotated so the next write lands on each row's oldest slot.
+    """
+    states = [_concat_states([cache.states[index] for cache in caches]) for index in range(len(caches[0]))]
+    return Cache(states, torch.cat([cache.seen for cache in caches]))
+
+
+def drop_rows(cache: Cache, keep) -> Cache:
+    """Keep the rows `keep` (in place, returns `cache`), then free KV slots no kept row uses."""
+    cache.select(keep)
+    for state in cache.states:
+        _trim_state(state)
+    return cache
+
+
+def _clone_state(state):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, KVCache):
+        copy = KVCache.__new__(KVCache)
+        copy.__dict__.update(state.__dict__)
+        written = state.keys.shape[2] if state.window is not None else state.length
+        copy.keys = state.keys[:, :, :written].clone()
+        copy.values = state.values[:, :, :written].clone()
+        copy.positions = state.positions[:, :written].clone()
+        return copy
+    return _rebuild(state, lambda name: _clone_state(getattr(state, name)))
+
+
+def _concat_states(states: list):
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(states)
+    if isinstance(first, KVCache):
+        return _concat_kv(states)
+    return _rebuild(first, lambda name: _concat_states([getattr(state, name) for state in states]))
+
+
+def _rebuild(state: State, part_of) -> State:
+    """A state of the same type whose every field is `part_of(field name)`."""
+    return type(state)(**{f.name: part_of(f.name) for f in dataclasses.fields(state)})
+
+
+def _concat_kv(states: list[KVCache]) -> KVCache:
+    merged = KVCache.__new__(KVCache)
+    merged.window = states[0].window
+    length = max(state.length for state in states)
+    keys, values, positions = [], [], []
+    for state in states:
+        if merged.window is None:  # right-align: slots [length - state.length, length) hold this row
+            gap = length - state.length
+            key_part, value_part = state.keys[:, :, : state.length], state.values[:, :, : state.length]
+            keys.append(_pad_slots(key_part, gap))
+            values.append(_pad_slots(value_part, gap))
+            position_part = state.positions[:, : state.length]
+            positions.append(
+                torch.cat([position_part.new_full((position_part.shape[0], gap), EMPTY), position_part], 1)
+            )
+        else:  # ring slot (length + j) % size must hold the j-th oldest entry, as slot (state.length + j) did
+            size = state.keys.shape[2]
+            shift = (length - state.length) % size if size else 0
+            keys.append(state.keys.roll(shift, dims=2))
+            values.append(state.values.roll(shift, dims=2))
+            positions.append(state.positions.roll(shift, dims=1))
+    merged.keys, merged.values, merged.positions = torch.cat(keys), torch.cat(values), torch.cat(positions)
+    merged.length = length
+    merged.holds_padding = any(state.holds_padding or state.length != length for state in states)
+    return merged
+
+
+def _pad_slots(part: torch.Tensor, gap: int) -> torch.Tensor:
+    """Prepend `gap` zero slots to a (B, H_kv, T, D) tensor."""
+    return torch.cat([part.new_zeros(part.shape[0], part.shape[1], gap, part.shape[3]), part], dim=2)
+
+
+def _trim_state(state) -> None:
+    if isinstance(state, KVCache):
+        if state.window is None and state.length:
+            used = (state.positions[:, : state.length] != EMPTY).any(0).nonzero()
+            first = int(used[0]) if len(used) else state.length
+            if first:
+                state.keys = state.keys[:, :, first : state.length].clone()
+                state.values = state.values[:, :, first : state.length].clone()
+                state.positions = state.positions[:, first : state.length].clone()
+                state.length -= first
+    elif isinstance(state, State):
+        for part in state.parts():
+            _trim_state(part)

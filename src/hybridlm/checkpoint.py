@@ -23,15 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
+from .errors import CheckpointError
 from .model import HybridLM
 from .ownership import MARKER, OwnershipError, check_replaceable, marker, remove_stale_staging
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: missing, corrupt, or not matching its config."""
 
 
 def save(model: HybridLM, directory, tokenizer=None, extra_files: dict | None = None, overwrite: bool = False) -> Path:

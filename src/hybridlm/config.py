@@ -1,9 +1,10 @@
-"""`ModelConfig`: what a model is. Top-level sizes plus one typed sub-config per mixer family.
+"""`ModelConfig`: what a model is. Top-level sizes plus one typed section per mixer family.
 
-Options of one family live in its sub-config and are addressed by dotted keys (`mamba.d_state=8`)
-in overrides and on the command line. Every switch Hugging Face checkpoints need to be matched
-(norm variant, biases, activations, attention scale, partial RoPE, soft-cap, embedding scale,
-multi-head Mamba-1, block-diagonal gates, dt clamp) is a field here, never a code fork.
+The sections are not written here: each family defines its options (a dataclass with its own
+validation and derived sizes) in its own file, and `ModelConfig` gets one field per registered
+family (`add_section`; `hybridlm.register_mixer` calls it for users' families). Options are
+addressed by dotted keys (`mamba.d_state=8`) in overrides and on the command line. Every switch
+Hugging Face checkpoints need to be matched is a field, never a code fork.
 """
 
 from __future__ import annotations
@@ -16,25 +17,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .mixer_configs import (
-    SUBCONFIGS,
-    AttentionConfig,
-    BlendConfig,
-    HyenaConfig,
-    Mamba2Config,
-    MambaConfig,
-    MLPConfig,
-    MoEConfig,
-    RGLRUConfig,
-    SharedConfig,
-)
-from .pattern import SUBLAYER_NAMES, layer_chars
+from .errors import ConfigError
+from .layers.registry import MIXERS, sections
+from .pattern import layer_chars
+from .preset_table import preset_fields
 
+__all__ = ["DTYPE_NAMES", "ConfigError", "ModelConfig", "add_section", "nearest", "parse_override"]
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # activation dtypes for running, converting and costing
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value or an unknown field (the message names the nearest valid one)."""
 
 
 @dataclass
@@ -53,122 +42,59 @@ class ModelConfig:
     embedding_scale_bf16: bool = False  # round that scale to bf16 first, as RecurrentGemma does
     logit_softcap: float | None = None  # logits = c * tanh(logits / c)
     init_std: float = 0.02
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
-    mamba: MambaConfig = field(default_factory=MambaConfig)
-    mamba2: Mamba2Config = field(default_factory=Mamba2Config)
-    rglru: RGLRUConfig = field(default_factory=RGLRUConfig)
-    hyena: HyenaConfig = field(default_factory=HyenaConfig)
-    blend: BlendConfig = field(default_factory=BlendConfig)
-    mlp: MLPConfig = field(default_factory=MLPConfig)
-    moe: MoEConfig = field(default_factory=MoEConfig)
-    shared: SharedConfig = field(default_factory=SharedConfig)
+    # one field per family's section follows (add_section): attention, shared, mamba, ...
 
     def __post_init__(self) -> None:
-        for name, cls in SUBCONFIGS.items():
+        for name, cls in sections().items():
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, _build(cls, value, prefix=f"{name}."))
         self.validate()
 
-    # ---- derived sizes -------------------------------------------------------------------------
+    # ---- derived sizes (the families' own are methods of their sections) ---------------------------
     @property
     def chars(self) -> str:
         """The expanded pattern, one character per sub-layer."""
         return layer_chars(self.pattern)
 
     @property
+    def used_chars(self) -> str:
+        """The expanded pattern plus the characters of sub-layers built inside others (the blend's parts)."""
+        chars = self.chars
+        inner = "".join(MIXERS[char].inner_chars(self) for char in dict.fromkeys(chars))
+        return chars + inner
+
+    @property
     def layer_types(self) -> list[str]:
-        return [SUBLAYER_NAMES[c] for c in self.chars]
+        return [MIXERS[c].chars[c] for c in self.chars]
 
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
 
-    @property
-    def head_dim(self) -> int:
-        return self.attention.head_dim or self.d_model // self.n_heads
-
-    @property
-    def d_ff(self) -> int:
-        if self.mlp.d_ff:
-            return self.mlp.d_ff
-        if self.mlp.gated:
-            return 8 * math.ceil(8 * self.d_model / 3 / 8)
-        return 4 * self.d_model
-
-    @property
-    def rnn_width(self) -> int:
-        heads = self.rglru.n_heads or self.n_heads
-        return self.rglru.width or heads * math.ceil(round(4 * self.d_model / 3) / heads)
-
-    @property
-    def shared_heads(self) -> int:
-        return self.shared.n_heads or self.n_heads
-
-    @property
-    def shared_kv_heads(self) -> int:
-        return self.shared.n_kv_heads or self.shared_heads
-
-    @property
-    def shared_head_dim(self) -> int:
-        """The shared block attends over concat(x, embeddings): 2 * d_model split over its heads."""
-        return 2 * self.d_model // self.shared_heads
-
-    @property
-    def dt_rank(self) -> int:
-        return self.mamba.dt_rank or math.ceil(self.d_model / 16)
-
     # ---- validation ------------------------------------------------------------------------------
     def validate(self) -> None:
-        chars = self.chars  # raises PatternError with the column
-        if self.d_model <= 0 or self.vocab_size <= 0 or self.n_heads <= 0:
-            raise ConfigError("d_model, vocab_size and n_heads must be positive")
+        """Top-level values, then every section's own checks; the first failure raises one line."""
+        chars = self.used_chars  # raises PatternError with the column
+        for name in ("d_model", "vocab_size", "n_heads", "n_kv_heads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+        for name in ("norm_eps", "init_std", "embedding_scale", "logit_softcap"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value!r} must be finite and > 0")
         if self.n_heads % self.kv_heads:
             raise ConfigError(f"n_kv_heads={self.kv_heads} must divide n_heads={self.n_heads}")
-        if self.attention.head_dim is None and self.d_model % self.n_heads:
-            raise ConfigError(
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set attention.head_dim"
-            )
-        if not 0.0 < self.attention.rope_fraction <= 1.0:
-            raise ConfigError("attention.rope_fraction must be in (0, 1]")
-        if self.attention.window < 1:
-            raise ConfigError("attention.window must be >= 1")
-        if "E" in chars and not 1 <= self.moe.top_k <= self.moe.n_experts:
-            raise ConfigError(f"moe.top_k={self.moe.top_k} must be in [1, moe.n_experts={self.moe.n_experts}]")
-        d_inner2 = self.mamba2.expand * self.d_model
-        if "D" in chars or self.blend.ssm == "D":
-            if d_inner2 % self.mamba2.head_dim:
-                raise ConfigError(f"mamba2.expand * d_model = {d_inner2} is not divisible by mamba2.head_dim")
-            if (d_inner2 // self.mamba2.head_dim) % self.mamba2.n_groups:
-                raise ConfigError("mamba2.n_groups must divide the number of Mamba-2 heads")
-        if (self.mamba.expand * self.d_model) % self.mamba.n_heads:
-            raise ConfigError("mamba.n_heads must divide mamba.expand * d_model")
-        if self.rnn_width % (self.rglru.n_heads or self.n_heads):
-            raise ConfigError("rglru.n_heads must divide rglru.width")
-        if self.blend.ssm not in "MDRH" or len(self.blend.ssm) != 1:
-            raise ConfigError(f"blend.ssm must be one of M D R H, got {self.blend.ssm!r}")
-        if self.blend.attn not in "AL" or len(self.blend.attn) != 1:
-            raise ConfigError(f"blend.attn must be A or L, got {self.blend.attn!r}")
-        for name in ("mlp", "shared", "rglru"):
-            activation = getattr(self, name).activation
-            if activation not in ACTIVATIONS:
-                raise ConfigError(f"{name}.activation={activation!r}: choose one of {', '.join(ACTIVATIONS)}")
-        if "S" in chars and (2 * self.d_model % self.shared_heads or self.shared_heads % self.shared_kv_heads):
-            raise ConfigError(
-                f"shared block: its {self.shared_heads} heads must divide 2 * d_model = {2 * self.d_model} and "
-                f"shared.n_kv_heads = {self.shared_kv_heads} must divide them"
-            )
-        if self.shared.lora_rank < 0 or self.shared.n_blocks < 1:
-            raise ConfigError("shared.n_blocks must be >= 1 and shared.lora_rank >= 0")
+        for name in sections():
+            getattr(self, name).validate(self, chars)
 
     # ---- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         data = {"model_type": "hybridlm"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            data[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-        # strict JSON has no Infinity: an unbounded clamp is written as the string "inf"
-        data["mamba2"]["dt_limit"] = [bound if math.isfinite(bound) else str(bound) for bound in self.mamba2.dt_limit]
+            data[f.name] = _json_safe(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
         data["layer_types"] = self.layer_types
         return data
 
@@ -207,16 +133,19 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, size: str = "small", **overrides) -> ModelConfig:
-        from .presets import preset_config
-
-        return preset_config(name, size, overrides)
+        """A preset (preset_table.py) at `size`, with dotted or nested `overrides` applied."""
+        config = cls.from_dict(preset_fields(name, size)).with_overrides(overrides)
+        if config.embedding_scale_bf16 and "embedding_scale" not in overrides:
+            # RecurrentGemma scales embeddings by sqrt(d_model) (rounded to bf16): follow an overridden width
+            config.embedding_scale = config.d_model**0.5
+        return config
 
     def with_overrides(self, overrides: dict) -> ModelConfig:
         """A copy with dotted (`mamba.d_state`) or nested (`mamba={...}`) overrides applied."""
         data = self.to_dict()
         data.pop("layer_types")
         for key, value in overrides.items():
-            if isinstance(value, dict) and key in SUBCONFIGS:
+            if isinstance(value, dict) and key in sections():
                 for sub_key, sub_value in value.items():
                     _set_dotted(data, f"{key}.{sub_key}", sub_value)
             else:
@@ -224,7 +153,25 @@ class ModelConfig:
         return ModelConfig.from_dict(data)
 
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+def add_section(name: str, cls: type) -> None:
+    """Give ModelConfig a field `name` holding a `cls` (a family's options), default `cls()`.
+
+    The dataclass is re-derived in place, so every import of ModelConfig sees the new field."""
+    if name in ModelConfig.__dataclass_fields__:
+        return
+    for existing in dataclasses.fields(ModelConfig):  # dataclass() removed these class attributes
+        if existing.default_factory is not dataclasses.MISSING:
+            setattr(ModelConfig, existing.name, field(default_factory=existing.default_factory))
+    ModelConfig.__annotations__[name] = cls
+    setattr(ModelConfig, name, field(default_factory=cls))
+    for generated in ("__init__", "__repr__", "__eq__", "__match_args__"):
+        if generated in ModelConfig.__dict__:
+            delattr(ModelConfig, generated)
+    dataclass(ModelConfig)
+
+
+for _name, _cls in sections().items():
+    add_section(_name, _cls)
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -235,19 +182,31 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _json_safe(value):
+    """Strict JSON has no Infinity or NaN: such floats are written as strings ("inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _set_dotted(data: dict, key: str, value) -> None:
     head, _, tail = key.partition(".")
+    known = sections()
     if tail:
-        if head not in SUBCONFIGS:
-            raise ConfigError(f"unknown config section {head!r}{nearest(head, SUBCONFIGS)}")
-        names = [f.name for f in dataclasses.fields(SUBCONFIGS[head])]
+        if head not in known:
+            raise ConfigError(f"unknown config section {head!r}{nearest(head, known)}")
+        names = [f.name for f in dataclasses.fields(known[head])]
         if tail not in names:
             raise ConfigError(f"unknown field '{key}'{nearest(tail, names, prefix=head + '.')}")
-        data[head][tail] = _coerce(SUBCONFIGS[head], tail, value)
+        data[head][tail] = _coerce(known[head], tail, value)
     else:
         names = [f.name for f in dataclasses.fields(ModelConfig)]
         if head not in names:
-            raise ConfigError(f"unknown field {head!r}{nearest(head, names + list(SUBCONFIGS))}")
+            raise ConfigError(f"unknown field {head!r}{nearest(head, names + list(known))}")
         data[head] = _coerce(ModelConfig, head, value)
 
 
@@ -272,8 +231,6 @@ def _coerce(cls, name: str, value):
             return int(value)
         if float in args:
             return float(value)
-        if typing.get_origin(hint) is tuple:
-            return tuple(float(part) for part in value.strip("()[]").split(","))
     except ValueError:
         raise ConfigError(f"{cls.__name__}.{name}: cannot read {value!r} as {hint}") from None
     return value
@@ -287,10 +244,8 @@ def _build(cls, data: dict, prefix: str):
         if key not in names:
             raise ConfigError(f"unknown field '{prefix}{key}'{nearest(key, names, prefix=prefix)}")
     kwargs = dict(data)
-    if cls is Mamba2Config and "dt_limit" in kwargs:
-        kwargs["dt_limit"] = tuple(float(v) for v in kwargs["dt_limit"])
     if cls is ModelConfig:
-        for name, sub in SUBCONFIGS.items():
+        for name, sub in sections().items():
             if name in kwargs:
                 kwargs[name] = _build(sub, kwargs[name], prefix=f"{name}.")
     try:

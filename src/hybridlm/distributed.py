@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,24 @@ def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
 def full_value(tensor: torch.Tensor) -> float:
     """A scalar that may be a sharded DTensor (FSDP's gradient norm), as a float."""
     return float(tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor)
+
+
+def gradient_sync(model: nn.Module, enabled: bool):
+    """A context in which backward does (enabled) or does not (a non-final micro-step) reduce gradients."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return nullcontext() if enabled else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(enabled)
+    return nullcontext()
+
+
+def global_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over all ranks (itself without a process group)."""
+    if not dist.is_initialized():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total)
+    return total
 
 
 def all_ranks(flag: bool) -> bool:

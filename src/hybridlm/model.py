@@ -3,9 +3,11 @@
 Glossary: B batch, N new tokens, d model width, V vocabulary.
 
 Each sub-layer is x = x + Mixer(Norm(x)) with pre-norm RMSNorm (F and E are sub-layers too).
-The shared block `S` differs only by two class attributes: it norms its own input
-(`pre_norm = False`) and its output t feeds the next mixer, x = x + Mixer(Norm(x + t))
-(`feeds_next_mixer = True`). The model never asks which family a mixer is.
+A family changes this only through its class attributes (layers/base.py): one that norms its own
+input has `pre_norm = False`, one whose output t feeds the next mixer, x = x + Mixer(Norm(x + t)),
+has `feeds_next_mixer = True` (both: the shared block `S`). Weights a family shares across its
+sub-layers (`shared_modules`) are held once here, under the family's `shared_attribute`, and reach
+the sub-layers through the context. The model never asks which family a mixer is.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from torch.utils.checkpoint import checkpoint
 from .cache import EMPTY, Cache
 from .config import ModelConfig
 from .layers import MIXERS
+from .layers.base import NO_WEIGHT_DECAY
 from .layers.context import Context
 from .layers.norm import RMSNorm
-from .layers.shared import SharedBlock
 
 
 class Sublayer(nn.Module):
@@ -30,12 +32,10 @@ class Sublayer(nn.Module):
     def __init__(self, config: ModelConfig, char: str, ordinal: int):
         super().__init__()
         self.char = char
-        cls = MIXERS[char]
-        self.norm = (
-            RMSNorm(config.d_model, config.norm_eps, config.norm_offset) if getattr(cls, "pre_norm", True) else None
-        )
-        self.mixer = cls.from_config(config, char, ordinal)
-        self.feeds_next_mixer = getattr(cls, "feeds_next_mixer", False)
+        family = MIXERS[char]
+        self.norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset) if family.pre_norm else None
+        self.mixer = family.from_config(config, char, ordinal)
+        self.feeds_next_mixer = family.feeds_next_mixer
 
     def forward(self, x: torch.Tensor, state, ctx: Context) -> torch.Tensor:
         return self.mixer(self.norm(x) if self.norm is not None else x, state, ctx)
@@ -47,9 +47,12 @@ class HybridLM(nn.Module):
         self.config = config
         chars = config.chars
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
-        self.shared_blocks = (
-            nn.ModuleList(SharedBlock(config) for _ in range(config.shared.n_blocks)) if "S" in chars else None
-        )
+        self.shared_modules: dict[str, nn.Module] = {}  # attribute -> weights a family shares (held once)
+        for family in dict.fromkeys(MIXERS[char] for char in chars):
+            modules = family.shared_modules(config)
+            if modules is not None:
+                self.add_module(family.shared_attribute, modules)
+                self.shared_modules[family.shared_attribute] = modules
         seen: dict[str, int] = {}
         layers = []
         for char in chars:
@@ -61,6 +64,11 @@ class HybridLM(nn.Module):
         self.gradient_checkpointing = False  # recompute each sub-layer in backward: less activation memory
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        # names of the parameters their mixers tagged `no_weight_decay`, recorded now: sharding (FSDP)
+        # later replaces the parameter objects, and their attributes with them
+        self.no_weight_decay = frozenset(
+            name for name, parameter in self.named_parameters() if getattr(parameter, NO_WEIGHT_DECAY, False)
+        )
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -105,7 +113,7 @@ class HybridLM(nn.Module):
         x = self.embed_tokens(input_ids)
         if self.config.embedding_scale is not None:
             x = x * self._embedding_scale(x.dtype)
-        ctx = Context(positions=positions, valid=valid, embeddings=x, shared_blocks=self.shared_blocks)
+        ctx = Context(positions=positions, valid=valid, embeddings=x, shared=self.shared_modules)
         pending = None  # output of a shared block, waiting for the next mixer
         for index, layer in enumerate(self.layers):
             state = None if cache is None else cache.states[index]
@@ -165,7 +173,8 @@ class HybridLM(nn.Module):
 
     # ---- training helpers --------------------------------------------------------------------------
     def aux_loss(self) -> torch.Tensor:
-        """MoE load-balancing loss of the last forward: sum over E layers of coef * E * sum f_i P_i."""
+        """MoE load-balancing loss of the last forward: sum over E layers of coef * E * sum f_i P_i
+        (any sub-layer with routing `stats` contributes)."""
         stats = (getattr(layer.mixer, "stats", None) for layer in self.layers)
         terms = [layer_stats.aux for layer_stats in stats if layer_stats is not None]
         if not terms:

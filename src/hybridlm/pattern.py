@@ -2,38 +2,27 @@
 
     pattern := item*            whitespace is ignored everywhere
     item    := CHAR | "(" pattern ")" "*" COUNT
-    CHAR    := A L S M D R H P F E   (see `SUBLAYER_NAMES`)
+    CHAR    := a registered family's character (A L S M D R H P F E built in; `sublayer_names()`)
     COUNT   := one or more digits, >= 1
 
 `parse` turns a string into a tree of `Sublayer`/`Group`, `expand` flattens it to the per-layer list
 the model builds, and `format_pattern(parse(p))` gives the canonical spelling (idempotent).
 Every error is a `PatternError` whose message names the 1-based column and the character.
+A pattern may expand to at most MAX_SUBLAYERS sub-layers; the expanded length is computed from
+the tree (sum of items times counts) before anything is expanded, so `(MF)*99999999999999` is
+refused at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SUBLAYER_NAMES = {
-    "A": "attention",
-    "L": "local_attention",
-    "S": "shared_attention",
-    "M": "mamba",
-    "D": "mamba2",
-    "R": "rglru",
-    "H": "hyena",
-    "P": "blend",
-    "F": "mlp",
-    "E": "moe",
-}
-CHAR_OF_NAME = {name: char for char, name in SUBLAYER_NAMES.items()}
-FFN_CHARS = frozenset("FE")
-MIXER_CHARS = frozenset(SUBLAYER_NAMES) - FFN_CHARS
-ATTENTION_CHARS = frozenset("ALSP")
+from .errors import PatternError
+from .layers.registry import attention_chars, feeding_chars, mixer_chars, sublayer_names
 
-
-class PatternError(ValueError):
-    """A malformed layer pattern; the message names the column and the character."""
+__all__ = ["MAX_SUBLAYERS", "PatternError", "attention_ratio", "expand", "format_pattern", "layer_chars", "parse"]
+MAX_SUBLAYERS = 10_000  # a stated limit: far above any published model (Jamba-v0.1 has 64 sub-layers)
+MAX_COUNT_DIGITS = 100  # longer repeat counts are refused before int() reads them
 
 
 @dataclass(frozen=True)
@@ -58,8 +47,16 @@ def parse(pattern: str) -> tuple:
         raise PatternError(_at(pattern, position, "unmatched ')'"))
     if not any(True for _ in _walk(items)):
         raise PatternError("empty pattern: give at least one sub-layer, e.g. 'AF' or '(MF)*4'")
+    length = expanded_length(items)
+    if length > MAX_SUBLAYERS:
+        raise PatternError(f"the pattern expands to {length:,} sub-layers; the limit is {MAX_SUBLAYERS:,}")
     _check_shared(pattern, expand_nodes(items))
     return items
+
+
+def expanded_length(items: tuple) -> int:
+    """Number of sub-layers `items` expands to, computed from the tree without expanding it."""
+    return sum(expanded_length(item.items) * item.count if isinstance(item, Group) else 1 for item in items)
 
 
 def expand(pattern: str) -> list[Sublayer]:
@@ -90,21 +87,23 @@ def layer_chars(pattern: str) -> str:
 
 
 def attention_ratio(chars: str) -> float:
-    """r = (A + L + S + P) / mixers, over an expanded character string."""
-    mixers = [c for c in chars if c in MIXER_CHARS]
-    return sum(c in ATTENTION_CHARS for c in mixers) / len(mixers) if mixers else 0.0
+    """r = attention-type mixers (A L S P built in) / mixers, over an expanded character string."""
+    mixer_set, attention_set = mixer_chars(), attention_chars()
+    mixers = [c for c in chars if c in mixer_set]
+    return sum(c in attention_set for c in mixers) / len(mixers) if mixers else 0.0
 
 
 def _format(items: tuple) -> str:
     words: list[str] = []
     current = ""
+    mixers, feeding = mixer_chars(), feeding_chars()
     for item in items:
         if isinstance(item, Group):
             if current:
                 words.append(current)
                 current = ""
             words.append(f"({_format(item.items)})*{item.count}")
-        elif item.char in MIXER_CHARS and current and not current.endswith("S"):
+        elif item.char in mixers and current and current[-1] not in feeding:
             words.append(current)
             current = item.char
         else:
@@ -116,11 +115,12 @@ def _format(items: tuple) -> str:
 
 def _parse_items(text: str, position: int, depth: int) -> tuple[tuple, int]:
     items: list = []
+    names = sublayer_names()
     while position < len(text):
         char = text[position]
         if char.isspace():
             position += 1
-        elif char in SUBLAYER_NAMES:
+        elif char in names:
             items.append(Sublayer(char, position + 1))
             position += 1
         elif char == "(":
@@ -137,7 +137,7 @@ def _parse_items(text: str, position: int, depth: int) -> tuple[tuple, int]:
                 raise PatternError(_at(text, position, "unmatched ')'"))
             return tuple(items), position
         else:
-            valid = "".join(SUBLAYER_NAMES)
+            valid = "".join(names)
             raise PatternError(_at(text, position, f"unknown sub-layer character (valid: {valid}, '(', ')', '*')"))
     return tuple(items), position
 
@@ -156,22 +156,27 @@ def _parse_count(text: str, position: int, close_position: int) -> tuple[int, in
         position += 1
     if start == position:
         raise PatternError(_at(text, star_position, "'*' must be followed by a repeat count K >= 1"))
-    count = int(text[start:position])
+    digits = text[start:position].lstrip("0") or "0"
+    if len(digits) > MAX_COUNT_DIGITS:  # int() of a huge digit string is slow (Python refuses > 4300 digits)
+        raise PatternError(_at(text, start, f"repeat count {digits[:12]}... is over the limit of {MAX_SUBLAYERS:,}"))
+    count = int(digits)
     if count < 1:
         raise PatternError(_at(text, start, f"repeat count must be >= 1, got {count}"))
     return count, position
 
 
 def _check_shared(text: str, flat: list[Sublayer]) -> None:
+    """A sub-layer that feeds the next mixer (`S`) must be followed by a mixer that does not."""
+    feeding = feeding_chars()
+    targets = sorted(mixer_chars() - feeding, key=list(sublayer_names()).index)
     for index, sublayer in enumerate(flat):
-        if sublayer.char != "S":
+        if sublayer.char not in feeding:
             continue
         following = flat[index + 1].char if index + 1 < len(flat) else None
-        if following is None or following not in MIXER_CHARS or following == "S":
+        if following is None or following not in targets:
             found = f"'{following}'" if following else "the end of the pattern"
-            raise PatternError(
-                _at(text, sublayer.column - 1, f"'S' must be followed by a mixer (A L M D R H P), found {found}")
-            )
+            message = f"'{sublayer.char}' must be followed by a mixer ({' '.join(targets)}), found {found}"
+            raise PatternError(_at(text, sublayer.column - 1, message))
 
 
 def _walk(items: tuple):

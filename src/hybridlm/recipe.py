@@ -39,7 +39,8 @@ class TrainConfig:
     text_path: str | None = setting(None, "text file or directory of .txt/.md files (task text)", flag="--data")
     seq_len: int = setting(256, "sequence length for text", minimum=1)
     steps: int = setting(200, "total optimizer steps", minimum=1)
-    batch_size: int = setting(32, "sequences per step", minimum=1)
+    batch_size: int = setting(32, "sequences per optimizer step, over all ranks and micro-steps", minimum=1)
+    grad_accum: int = setting(1, "micro-steps per optimizer step (gradient accumulation)", minimum=1)
     lr: float = setting(3e-3, "peak learning rate", above=0.0)
     min_lr_ratio: float = setting(0.1, "final learning rate as a fraction of the peak", minimum=0.0, maximum=1.0)
     warmup_steps: int | None = setting(None, "linear warm-up steps, at most steps (default: min(20, steps))", minimum=0)
@@ -53,6 +54,10 @@ class TrainConfig:
     keep: int = setting(1, "checkpoints kept: the latest in the run directory, older ones in checkpoints/", minimum=1)
     parallel: str = setting("ddp", "strategy under torchrun", choices=("ddp", "fsdp"))
     gradient_checkpointing: bool = setting(False, "recompute sub-layers in the backward pass")
+    precision: str = setting(
+        "auto", "autocast: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16", choices=("auto", "fp32", "bf16", "fp16")
+    )
+    compile: bool = setting(False, "torch.compile the model (graph breaks are logged)")
     peak_tflops: float | None = setting(None, "the device's peak TFLOP/s, to report MFU", above=0.0)
     tensorboard: bool = setting(False, "also log to TensorBoard (run_dir/tensorboard; the tensorboard extra)")
 

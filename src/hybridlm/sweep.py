@@ -36,6 +36,7 @@ from pathlib import Path
 from .analysis.cache_size import cache_bytes
 from .analysis.flops import model_flops
 from .analysis.params import active_parameters, build_meta
+from .analysis.pareto import pareto_front as pareto_front  # re-exported: cli/sweep.py and users import it here
 from .config import ConfigError, ModelConfig
 from .ownership import check_replaceable, own
 from .pattern import attention_ratio, format_pattern
@@ -172,21 +173,6 @@ def measure(config: ModelConfig, recipe: TrainConfig, cost_len: int, final: dict
         "cost_seq_len": cost_len,
         "seconds": seconds,
     }
-
-
-def pareto_front(rows: list[dict], cost: str, quality: str = "accuracy") -> list[dict]:
-    """The rows no other row beats on both: at least as good quality at strictly lower cost, or
-    better quality at no more cost. Sorted by cost."""
-    front = []
-    for row in rows:
-        dominated = any(
-            (other[quality] >= row[quality] and other[cost] < row[cost])
-            or (other[quality] > row[quality] and other[cost] <= row[cost])
-            for other in rows
-        )
-        if not dominated:
-            front.append(row)
-    return sorted(front, key=lambda row: row[cost])
 
 
 def load_spec(path) -> dict:

@@ -16,19 +16,17 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed, run_dir
 from .analysis.flops import model_flops
 from .analysis.routing import routing_metrics, routing_report
 from .checkpoint import CheckpointError, load_config, load_weights
 from .config import ConfigError, ModelConfig
-from .data.synthetic import IGNORE, make_task
+from .data.synthetic import make_task
 from .data.text import TextData
 from .data.tokenizer import ByteTokenizer, load_tokenizer
 from .evaluate import evaluate
@@ -37,6 +35,7 @@ from .model import HybridLM
 from .optimizer_state import read_optimizer_state
 from .recipe import TrainConfig, dump_recipe, resolved_recipe
 from .run_dir import METRICS_FILE, RECIPE_FILE, STATE_FILE
+from .train_step import autocast, forward_backward, micro_batch_size
 
 log = logging.getLogger(__name__)
 LOSS_PLOT = "loss.png"
@@ -49,11 +48,12 @@ FREE_ON_RESUME = {
     "eval_batches",
     "save_every",
     "keep",
+    "grad_accum",
+    "compile",
     "gradient_checkpointing",
     "peak_tflops",
     "tensorboard",
 }
-NO_DECAY = ("A_log", "D", "dt_bias", "dt_proj_bias", "a_param", "pole_rho", "pole_theta", "residue", "alpha_logit")
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train"]
 
@@ -72,9 +72,7 @@ class TrainResult:
 def make_data(config: TrainConfig, tokenizer, model_vocab: int):
     """An object with batch(batch_size, seed, index, split) -> Batch, checked to fit the model's
     vocabulary and to produce a batch (so bad task settings fail before any work)."""
-    if config.task == "text":
-        if not config.text_path:
-            raise ConfigError("task 'text' needs --data PATH (a text file or a directory of .txt files)")
+    if config.task == "text":  # no text_path: the default corpus (data/text.py)
         data, vocab = _TextTask(TextData.from_path(config.text_path, tokenizer), config.seq_len), tokenizer.vocab_size
     else:
         data = make_task(config.task, **config.task_settings)
@@ -114,6 +112,9 @@ def train(
     world = distributed.setup()
     tokenizer = tokenizer or ByteTokenizer()
     out = Path(out) if out is not None else None
+    precision = autocast(config.precision, world.device)
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+    micro_batch_size(config.batch_size, world.size, config.grad_accum)
     resuming = run_dir.check(out, resume, overwrite) if out is not None else False
     distributed.barrier()  # every rank has read the directory before the main one changes it
     if out is not None and world.is_main:
@@ -141,8 +142,7 @@ def train(
     optimizer = build_optimizer(model, config)
     if start_step:
         distributed.load_optimizer_state(model, optimizer, read_optimizer_state(out))
-    # bf16 autocast on CUDA only: this kind of CPU has no bf16 matmul units (50-500x slower than fp32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if world.device.type == "cuda" else nullcontext()
+    step_model = torch.compile(parallel_model) if config.compile else parallel_model
     log.info("training %s params on %s from step %d", f"{model.num_parameters():,}", config.task, start_step)
     metrics = (
         [record for record in read_metrics(out / METRICS_FILE) if record["step"] <= start_step] if start_step else []
@@ -157,29 +157,34 @@ def train(
     try:
         for step in range(start_step, config.steps):
             model.train()
-            batch = data.batch(config.batch_size, config.seed, step * world.size + world.rank, "train")
-            inputs, targets = batch.inputs.to(world.device), batch.targets.to(world.device)
+            batch = data.batch(config.batch_size, config.seed, step, "train")  # the global batch
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
-            with autocast:
-                logits = parallel_model(inputs)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-                aux = model.aux_loss()
             optimizer.zero_grad(set_to_none=True)
-            (loss + aux).backward()
+            loss_sum, aux, answered = forward_backward(
+                step_model, model, batch, world, config.grad_accum, precision, scaler
+            )
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             grad_norm = distributed.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-            _check_finite(step + 1, loss, grad_norm, out)
-            optimizer.step()
-            tokens_seen += inputs.numel() * world.size
+            _check_finite(step + 1, loss_sum, grad_norm, out)
+            if scaler is None:
+                optimizer.step()
+            else:  # fp16: skip a step whose scaled gradients overflowed, and adapt the scale
+                scaler.step(optimizer)
+                scaler.update()
+            if config.compile and step == start_step:
+                log_graph_breaks()
+            tokens_seen += batch.inputs.numel()
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
                 if flops_per_token is None:
-                    flops_per_token = model_flops(model_config, inputs.shape[1]).training_per_token
+                    flops_per_token = model_flops(model_config, batch.inputs.shape[1]).training_per_token
                 elapsed = max(time.perf_counter() - clock, 1e-9)
                 record = {
                     "step": done,
-                    "loss": loss.item(),
-                    "aux": aux.item(),
+                    "loss": distributed.global_sum(loss_sum).item() / answered,
+                    "aux": distributed.global_sum(aux).item() / world.size,
                     "grad_norm": grad_norm,
                     "lr": learning_rate(step, config),
                     "tokens_per_s": tokens_seen / elapsed,
@@ -223,6 +228,14 @@ def train(
         distributed.teardown()
 
 
+def log_graph_breaks() -> None:
+    """After the first compiled step: how many graphs torch.compile made and why it broke them."""
+    from torch._dynamo.utils import counters
+
+    breaks = dict(counters["graph_break"])
+    log.info("torch.compile: %d graph break(s)%s", sum(breaks.values()), "".join(f"\n  {r}" for r in breaks))
+
+
 def _check_finite(step: int, loss: torch.Tensor, grad_norm: float, out) -> None:
     """Stop before the optimizer step when any rank's loss or the gradient norm is not finite."""
     loss_ok = distributed.all_ranks(bool(torch.isfinite(loss.detach())))
@@ -253,8 +266,8 @@ def build_optimizer(model: HybridLM, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only, never on norms, biases or SSM dynamics (A, D, dt, poles)."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        (no_decay if parameter.ndim < 2 or leaf in NO_DECAY else decay).append(parameter)
+        skip = parameter.ndim < 2 or name in model.no_weight_decay  # tagged by its mixer (layers/base.py)
+        (no_decay if skip else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
 
@@ -269,7 +282,7 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 def routing_summary(model: HybridLM) -> dict:
     """The worst MoE layer's routing (load entropy, collapsed layers); logs a warning on collapse."""
-    if "E" not in model.config.chars:
+    if not any(hasattr(layer.mixer, "stats") for layer in model.layers):  # no routed (MoE) sub-layer
         return {}
     metrics = routing_metrics(routing_report(model))
     return {key: value for key, value in metrics.items() if key.count("/") == 1}

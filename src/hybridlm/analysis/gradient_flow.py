@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..layers.registry import sublayer_names
 from ..model import HybridLM
-from ..pattern import SUBLAYER_NAMES
 
 
 @dataclass
@@ -66,6 +66,6 @@ def gradient_flow(model: HybridLM, input_ids: torch.Tensor) -> tuple[float, list
     rows = []
     for index, (char, grad) in enumerate(zip(chars, grads)):
         norm = 0.0 if grad is None else float(grad.float().norm())
-        kind = "final_norm" if char == "N" else SUBLAYER_NAMES[char]
-        rows.append(GradientRow(index, char if char != "N" else "", kind, norm, norm / tokens))
+        kind = "final_norm" if index == len(chars) - 1 else sublayer_names()[char]
+        rows.append(GradientRow(index, "" if index == len(chars) - 1 else char, kind, norm, norm / tokens))
     return float(loss.detach()), rows

@@ -10,6 +10,7 @@ half-life is ln 2 / that rate, in tokens:
               it resets the state)
     Hyena:    -log |p|   = softplus(rho)           one per (channel, mode); input-independent
 The alpha-blend reports its SSM half. Attention has no decay (its memory is the window or N).
+Each family computes its own rates (its `decay_rates` hook, layers/base.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..model import HybridLM
-from .mixing_ops import mamba2_scan_inputs, mamba_scan_inputs, rglru_scan_inputs
 from .probe import record_sublayers
 
 LN2 = math.log(2.0)
@@ -42,39 +41,12 @@ class LayerMemory:
         return dict(zip(("min", "p10", "median", "p90", "max"), torch.quantile(values, points).tolist()))
 
 
-def decay_rates(char: str, mixer, x, ctx) -> tuple[str, torch.Tensor] | None:
-    """(unit, mean per-token decay rates -log decay) of an SSM sub-layer's state elements, None for others."""
-    if char == "M":
-        _, _, dt, _, _ = mamba_scan_inputs(mixer, x, ctx)
-        mean_dt = dt[0].double().mean(0)  # (d_in,)
-        return "channel x state", (mean_dt.unsqueeze(-1) * torch.exp(mixer.A_log.double())).flatten()
-    if char == "D":
-        _, _, dt, _, _ = mamba2_scan_inputs(mixer, x, ctx)
-        return "head", dt[0].double().mean(0) * torch.exp(mixer.A_log.double())
-    if char == "R":
-        _, _, _, log_a, reset = rglru_scan_inputs(mixer, x, ctx)
-        kept = ~reset[:, 0]
-        if not bool(kept.any()):
-            raise ValueError("the RG-LRU resets at the first token: give at least 2 tokens")
-        return "channel", -log_a[kept].mean(0)
-    if char == "H":
-        return "channel x mode", F.softplus(mixer.pole_rho.double()).flatten()
-    return None
-
-
 def memory_lengths(model: HybridLM, input_ids: torch.Tensor, row: int = 0) -> list[LayerMemory]:
     """Half-lives of every SSM-type sub-layer's state elements on row `row` of input_ids (B, N)."""
     rows = []
     with torch.no_grad():
         for call in record_sublayers(model, input_ids, row):
-            char, mixer, kind = call.char, call.module, None
-            if char == "P":
-                char, mixer = model.config.blend.ssm, call.module.ssm
-                kind = "blend:"
-            rates = decay_rates(char, mixer, call.x, call.ctx)
-            if rates is None:
-                continue
-            unit, rate = rates
-            name = {"M": "mamba", "D": "mamba2", "R": "rglru", "H": "hyena"}[char]
-            rows.append(LayerMemory(call.index, call.char, (kind or "") + name, unit, LN2 / rate))
+            decay = call.module.decay_rates(call.x, call.ctx)  # each family's hook; None: no decaying state
+            if decay is not None:
+                rows.append(LayerMemory(call.index, call.char, decay.kind, decay.unit, LN2 / decay.rates))
     return rows

@@ -1,7 +1,7 @@
 """Token-mixing matrices of a model on a given input: the "attention = SSM" duality made visible.
 
 Every mixer maps its input sequence through an N x N lower-triangular matrix per head or channel
-(mixing_ops.py). `layer_mixing` returns the operators (with readouts, for exact checks);
+(its `mixing_operators` hook; layers/mixing.py). `layer_mixing` returns the operators (with readouts, for exact checks);
 `mixing_matrices` the (N, N) matrix of each chosen layer, averaged over heads/channels or for one
 of them; `mixing_summary` two numbers per matrix: how far back it reaches and how much stays local.
 """
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..layers.mixing import MixingOperator
+from ..layers.registry import mixer_chars
 from ..model import HybridLM
-from ..pattern import MIXER_CHARS
-from .mixing_ops import MixingOperator, sublayer_operators
 from .probe import record_sublayers
 
 
@@ -32,7 +32,7 @@ def layer_mixing(
 ) -> list[LayerMixing]:
     """Mixing operators of every mixer sub-layer (or those in `layers`) for row `row` of input_ids."""
     chars = model.config.chars
-    mixer_indices = [index for index, char in enumerate(chars) if char in MIXER_CHARS]
+    mixer_indices = [index for index, char in enumerate(chars) if char in mixer_chars()]
     chosen = mixer_indices if layers is None else list(layers)
     for index in chosen:
         if index not in mixer_indices:
@@ -42,7 +42,7 @@ def layer_mixing(
     with torch.no_grad():
         for index in chosen:
             call = calls[index]
-            for operator in sublayer_operators(call.char, call.module, call.x, call.ctx, model.config.blend.ssm):
+            for operator in call.module.mixing_operators(call.x, call.ctx):
                 result.append(LayerMixing(index, call.char, operator.kind, operator, call.output))
     return result
 

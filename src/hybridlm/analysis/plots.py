@@ -200,7 +200,7 @@ def plot_context_curve(curve, path, title: str = "") -> Path:
 
 def plot_pareto(rows: list[dict], path, costs=("train_flops_per_token", "cache_bytes"), quality="accuracy") -> Path:
     """Quality against each cost (log x), one panel per cost, the Pareto frontier drawn through."""
-    from ..sweep import pareto_front
+    from .pareto import pareto_front
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(costs), figsize=(6 * len(costs), 4.2), squeeze=False)

@@ -69,9 +69,9 @@ def routing_report(model: HybridLM, min_load_entropy: float = MIN_LOAD_ENTROPY) 
     """One `LayerRouting` per MoE sub-layer, from the stats of the model's last forward pass."""
     rows = []
     for index, layer in enumerate(model.layers):
-        stats = getattr(layer.mixer, "stats", None)
-        if layer.char != "E":
+        if not hasattr(layer.mixer, "stats"):  # the routed sub-layers (MoE) keep router statistics
             continue
+        stats = layer.mixer.stats
         if stats is None:
             raise ValueError("no router statistics yet: run a forward pass of the model first")
         row = layer_routing(index, stats, layer.mixer.top_k, min_load_entropy)

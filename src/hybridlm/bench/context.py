@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from ..cache import Cache, KVCache, LayerState
+from ..cache import Cache, KVCache, State
+from ..layers.registry import mixer_chars
 from ..model import HybridLM
-from ..pattern import MIXER_CHARS
 from ..presets import preset_config
 from .timing import Row
 
@@ -36,8 +36,8 @@ def _fill(state, n_tokens: int) -> None:
         shape = (batch, heads, n_tokens, head_dim)
         positions = torch.arange(n_tokens).expand(batch, n_tokens)
         state.update(torch.randn(shape, dtype=state.keys.dtype), torch.randn(shape, dtype=state.keys.dtype), positions)
-    elif isinstance(state, LayerState):
-        for part in state.parts.values():
+    elif isinstance(state, State):
+        for part in state.parts():
             _fill(part, n_tokens)
 
 
@@ -49,8 +49,8 @@ def kv_bytes(cache: Cache) -> int:
 def _kv_bytes(state) -> int:
     if isinstance(state, KVCache):
         return state.nbytes()
-    if isinstance(state, LayerState):
-        return sum(_kv_bytes(part) for part in state.parts.values())
+    if isinstance(state, State):
+        return sum(_kv_bytes(part) for part in state.parts())
     return 0
 
 
@@ -91,7 +91,7 @@ def context_rows(presets=CONTEXT_PRESETS, contexts=CONTEXTS, size: str = "small"
 def jamba_kv_rows(size: str = "small", context: int = 4096) -> list[Row]:
     """Jamba's KV bytes against a Transformer of the same width, depth, heads and KV heads."""
     jamba = preset_config("jamba", size)
-    depth = sum(char in MIXER_CHARS for char in jamba.chars)
+    depth = sum(char in mixer_chars() for char in jamba.chars)
     transformer = jamba.with_overrides({"pattern": f"(AF)*{depth}"})
     rows = []
     for name, config in (("jamba", jamba), ("transformer at jamba's width and depth", transformer)):

@@ -19,7 +19,21 @@ from ..pattern import PatternError
 from ..runtime import tune_allocator
 from ..train import TrainingDiverged
 
-VERBS = ["presets", "inspect", "analyze", "train", "eval", "sweep", "generate", "convert", "bench", "demo", "context"]
+VERBS = [
+    "presets",
+    "inspect",
+    "analyze",
+    "train",
+    "eval",
+    "sweep",
+    "generate",
+    "convert",
+    "tokenize",
+    "bench",
+    "demo",
+    "serve",
+    "context",
+]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+from ..bench.report import format_rows
 from ..config import ConfigError
 
-HELP = "speed benchmarks: kernels vs references, models vs Hugging Face, training MFU, decoding vs context"
-SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator")
+HELP = (
+    "speed benchmarks: kernels vs references, models vs Hugging Face, training MFU, decoding vs context, "
+    "the server under load"
+)
+SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator", "serve", "data")
 
 
 def add_arguments(parser) -> None:
@@ -23,7 +27,7 @@ def add_arguments(parser) -> None:
 
 def suite_rows(name: str, quick: bool, threads: int) -> list:
     """Run one suite with its quick or full settings; returns `bench.timing.Row`s."""
-    from ..bench import allocator, context, decode_profile, kernels, models, training
+    from ..bench import allocator, context, data, decode_profile, kernels, models, serve, training
 
     if name == "kernels":
         return kernels.kernel_rows(quick)
@@ -43,6 +47,10 @@ def suite_rows(name: str, quick: bool, threads: int) -> list:
         if quick:
             return decode_profile.decode_profile_rows(("mamba",), steps=8)
         return decode_profile.decode_profile_rows(("mamba", "jamba", "transformer"))
+    if name == "data":  # reading token shards vs tokenizing text into an int64 tensor, as before shards
+        return data.data_rows(megabytes=4 if quick else 20)
+    if name == "serve":  # 16 streaming clients vs one after another; time to first token with a cached prefix
+        return serve.serve_rows(max_tokens=32 if quick else 64)
     return allocator.allocator_rows(batch=2 if quick else 4, seq_len=128 if quick else 256, threads=threads)
 
 
@@ -64,25 +72,3 @@ def run(args) -> None:
         else:
             print(f"\n== {name} ({'quick' if args.quick else 'full'}, {args.threads} thread(s)) ==")
             print(format_rows(rows))
-
-
-def format_rows(rows) -> str:
-    from .common import format_table
-
-    table = []
-    for row in rows:
-        ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
-        baseline = "" if row.baseline is None else f"{row.baseline_name} {_seconds(row.baseline)}"
-        notes = "  ".join(f"{key}={_value(value)}" for key, value in row.notes.items())
-        table.append([row.name, _seconds(row.ours), baseline, ratio, notes])
-    return format_table(["benchmark", "ours", "baseline", "speed-up", "notes"], table)
-
-
-def _seconds(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)

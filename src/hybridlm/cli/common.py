@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from ..config import ModelConfig
 from ..presets import SIZES
+from ..tables import format_table as format_table  # re-exported: cli modules import it from here
 
 
 def add_model_flags(parser: argparse.ArgumentParser, size_default: str | None = "small") -> None:
@@ -29,10 +30,28 @@ def resolve_config(target: str, size: str = "small", overrides: list[str] | None
     return resolve_model(target, size, parse_overrides(overrides))
 
 
+class _Bar:
+    """A tqdm bar as a callback `(done, total)`; `write` prints a line above it."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    @property
+    def done(self) -> int:
+        return self.bar.n
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
+
+
 @contextmanager
 def progress_bar(total: int, label: str):
     """A callback `(done, total)` drawing a bar with ETA on a terminal (tqdm); on a pipe or a file,
-    nothing (the log lines are the record). Log lines go above the bar."""
+    None (the log lines are the record). Log lines go above the bar."""
     if not sys.stderr.isatty():
         yield None
         return
@@ -40,12 +59,7 @@ def progress_bar(total: int, label: str):
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     with tqdm(total=total, desc=label, unit="step", dynamic_ncols=True) as bar, logging_redirect_tqdm():
-
-        def advance(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        yield advance
+        yield _Bar(bar)
 
 
 def plot_path(text: str) -> str:
@@ -57,14 +71,6 @@ def plot_path(text: str) -> str:
             f"{text!r}: the plot's extension picks its format; use one of .{', .'.join(formats)}"
         )
     return text
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def human(count: float) -> str:

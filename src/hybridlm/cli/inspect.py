@@ -198,7 +198,7 @@ def _memory(model, input_ids, args) -> None:
 
     rows = memory_lengths(model, input_ids)
     if not rows:
-        raise ConfigError("the model has no SSM-type layer (M, D, R, H or P)")
+        raise ConfigError("the model has no SSM-type layer (no sub-layer with a decaying state)")
     if args.plot:
         from ..analysis.plots import plot_memory_lengths
 
@@ -226,7 +226,7 @@ def _routing(model, input_ids, args) -> None:
 
     rows = route(model, input_ids)
     if not rows:
-        raise ConfigError("the model has no MoE layer (E)")
+        raise ConfigError("the model has no MoE layer (no sub-layer with a router)")
     if args.plot:
         from ..analysis.plots import plot_routing
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 from ..config import ModelConfig
+from ..layers import FAMILIES, Attention, SharedAttention
+from ..layers.registry import attention_chars, sublayer_names
 from ..pattern import format_pattern
 from ..presets import SIZES, preset_config, preset_description, presets
 from .common import format_table, human, shorten
@@ -50,9 +52,10 @@ def run(args) -> None:
             ],
         )
     )
+    attention = " ".join(char for char in sublayer_names() if char in attention_chars())
     print(
         f"\nsize: {args.size} (others: {', '.join(s for s in SIZES if s != args.size)}); "
-        "layers = mixers; r = attention share of mixers (A L S P)"
+        f"layers = mixers; r = attention share of mixers ({attention})"
     )
 
 
@@ -71,10 +74,11 @@ def presets_markdown() -> str:
             params = human(info["params"])
             if info["active_params"] != info["params"]:
                 params += f" ({human(info['active_params'])} active)"
-            chars = set(config.chars)
-            heads = f"{config.n_heads} ({config.kv_heads})" if chars & set("ALP") else "-"
-            heads = f"{config.shared.n_heads or config.n_heads} (shared)" if "S" in chars else heads
-            d_ff = config.d_ff if chars & set("FES") else "-"
+            used = set(config.used_chars)
+            heads = f"{config.n_heads} ({config.kv_heads})" if used & set(Attention.chars) else "-"
+            heads = f"{config.shared.heads(config)} (shared)" if used & set(SharedAttention.chars) else heads
+            ff_users = [family for family in FAMILIES if family.role == "ffn" or family is SharedAttention]
+            d_ff = config.mlp.width(config) if any(used & set(family.chars) for family in ff_users) else "-"
             lines.append(
                 f"| {name} | {size} | `{format_pattern(config.pattern)}` | {info['layers']} | "
                 f"{info['attention_ratio']:.3f} | {config.d_model} | {heads} | "
@@ -84,28 +88,7 @@ def presets_markdown() -> str:
 
 
 def _mixer_options(config: ModelConfig) -> str:
-    chars, options = config.chars + (config.blend.ssm + config.blend.attn if "P" in config.chars else ""), []
-    if "M" in chars:
-        options.append(
-            f"mamba N={config.mamba.d_state} r={config.dt_rank}"
-            + (f" heads={config.mamba.n_heads}" if config.mamba.n_heads > 1 else "")
-            + (" dt/B/C norms" if config.mamba.inner_norms else "")
-        )
-    if "D" in chars:
-        options.append(f"mamba2 N={config.mamba2.d_state} P={config.mamba2.head_dim}")
-    if "R" in chars:
-        options.append(f"rglru w={config.rnn_width}")
-    if "H" in chars:
-        options.append(f"hyena modes={config.hyena.n_modes}")
-    if "L" in chars:
-        options.append(f"window={config.attention.window}")
-    if "E" in chars:
-        options.append(f"moe {config.moe.top_k}/{config.moe.n_experts}")
-    if "S" in chars:
-        options.append(
-            f"shared x{config.shared.n_blocks}"
-            + (f" lora={config.shared.lora_rank}" if config.shared.lora_rank else "")
-        )
-    if set(chars) & set("ALSP") and not config.attention.rope:
-        options.append("no RoPE")
-    return ", ".join(options)
+    """Each family's own summary of its options (`describe_options`), in registration order."""
+    used = set(config.used_chars)
+    families = [family for family in FAMILIES if used & set(family.chars)]
+    return ", ".join(text for family in families if (text := family.describe_options(config)))

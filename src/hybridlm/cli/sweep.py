@@ -9,7 +9,7 @@ import csv
 import logging
 from pathlib import Path
 
-from .common import format_table, human
+from .common import format_table, human, progress_bar
 
 HELP = "design-space exploration: train a grid of hybrids, report quality vs cost, draw the Pareto frontier"
 
@@ -39,15 +39,21 @@ def run(args) -> None:
             print(number, overrides, f"({config.pattern}, {recipe.steps} steps)")
         return
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    rows = run_sweep(
-        spec,
-        args.out,
-        progress=lambda row: print(
-            f"{row['pattern']:<24} {row['overrides']}: accuracy {row['accuracy']:.3f}, loss {row['loss']:.3f} "
-            f"({row['seconds']:.0f} s)",
-            flush=True,
-        ),
-    )
+    total = len(resolve_points(spec))
+    with progress_bar(total, "sweep") as bar:
+
+        def report(row: dict) -> None:
+            line = (
+                f"{row['pattern']:<24} {row['overrides']}: accuracy {row['accuracy']:.3f}, loss {row['loss']:.3f} "
+                f"({row['seconds']:.0f} s)"
+            )
+            if bar is None:
+                print(line, flush=True)
+            else:
+                bar.write(line)
+                bar(bar.done + 1, total)
+
+        rows = run_sweep(spec, args.out, progress=report)
     print()
     print(
         format_table(

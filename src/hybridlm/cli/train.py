@@ -17,7 +17,10 @@ from pathlib import Path
 
 from .. import settings
 from ..config import ConfigError, parse_override
+from ..data.tokenizer import ByteTokenizer
 from .common import add_model_flags, progress_bar
+
+log = logging.getLogger(__name__)
 
 HELP = "train on text or a synthetic task (mqar, passkey, copy, induction); --out DIR, --resume"
 PAPER_REFUSAL = (
@@ -62,8 +65,11 @@ def run(args) -> int | None:
         return None
     if args.out:
         check(args.out, args.resume or False, args.overwrite)  # before a tokenizer is trained or a model built
-    tokenizer = None if resuming else _tokenizer(args.tokenizer, config, model_config)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tokenizer = None
+    if not resuming:
+        tokenizer, model_config = _tokenizer(args.tokenizer, config, model_config)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")  # one set of lines
     with progress_bar(config.steps, "train") as bar:
         result = train(
             model_config,
@@ -74,7 +80,7 @@ def run(args) -> int | None:
             overwrite=args.overwrite,
             progress=bar,
         )
-    if os.environ.get("RANK", "0") == "0":
+    if main_rank:
         final = result.final_eval
         saved_to = f"; saved to {args.out}" if args.out else ""
         print(
@@ -129,19 +135,36 @@ def _typed(item: tuple[str, str]) -> tuple[str, object]:
 
 
 def _tokenizer(spec: str, config, model_config):
-    from ..data.text import read_texts
-    from ..data.tokenizer import ByteTokenizer, train_bpe
+    """The run's tokenizer, and the model config with its vocabulary sized to it (BPE, shards)."""
+    if config.task != "text":
+        if spec != "byte":
+            raise ConfigError(f"--tokenizer {spec}: tokenizers apply to --task text")
+        return ByteTokenizer(), model_config
+    tokenizer = build_tokenizer(spec, config.text_path)
+    if tokenizer.vocab_size != ByteTokenizer.vocab_size and model_config.vocab_size != tokenizer.vocab_size:
+        log.info("vocab_size %d -> %d (the tokenizer's)", model_config.vocab_size, tokenizer.vocab_size)
+        model_config = model_config.with_overrides({"vocab_size": tokenizer.vocab_size})
+    return tokenizer, model_config
 
+
+def build_tokenizer(spec: str, data):
+    """byte, bpe:VOCAB (trained on `data`: a text path, or None for the default corpus), a folder with a
+    tokenizer.json; a shard folder brings its own tokenizer."""
+    from ..data.shards import is_shard_dir
+    from ..data.text import default_corpus_files, text_files
+    from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_bpe
+
+    if data is not None and is_shard_dir(data):
+        if spec != "byte":
+            raise ConfigError(f"--tokenizer {spec}: {data} holds token shards, which carry their tokenizer")
+        return load_tokenizer(data)
     if spec == "byte":
         return ByteTokenizer()
-    if spec.startswith("bpe:") and spec[4:].isdigit():
-        if config.task != "text" or not config.text_path:
-            raise ConfigError("--tokenizer bpe:VOCAB needs --task text --data PATH to train on")
-        vocab = int(spec[4:])
-        if vocab > model_config.vocab_size:
-            raise ConfigError(
-                f"BPE vocabulary {vocab} exceeds the model's vocab_size {model_config.vocab_size}; "
-                f"add --set vocab_size={vocab}"
-            )
-        return train_bpe(read_texts(config.text_path), vocab)
-    raise ConfigError(f"--tokenizer {spec!r}: use byte or bpe:VOCAB (e.g. bpe:4096)")
+    if spec.startswith("bpe:") and spec[4:].isdigit() and int(spec[4:]) > ByteTokenizer.vocab_size:
+        files = text_files(data) if data is not None else default_corpus_files()
+        return train_bpe((file.read_text(encoding="utf-8", errors="replace") for file in files), int(spec[4:]))
+    if Path(spec, TOKENIZER_FILE).is_file():
+        return load_tokenizer(spec)
+    raise ConfigError(
+        f"--tokenizer {spec!r}: use byte, bpe:VOCAB with VOCAB > 258 (e.g. bpe:4096), or a folder with {TOKENIZER_FILE}"
+    )

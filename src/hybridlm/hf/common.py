@@ -104,7 +104,7 @@ def decoder_fields(config: ModelConfig, n_layers: int) -> dict:
         "vocab_size": config.vocab_size,
         "tie_word_embeddings": config.tie_embeddings,
         "hidden_size": config.d_model,
-        "intermediate_size": config.d_ff,
+        "intermediate_size": config.mlp.width(config),
         "num_hidden_layers": n_layers,
         "num_attention_heads": config.n_heads,
         "num_key_value_heads": config.kv_heads,
@@ -136,9 +136,9 @@ def numerics(config: ModelConfig) -> dict:
             {
                 "n_heads": config.n_heads,
                 "n_kv_heads": config.kv_heads,
-                "head_dim": config.head_dim,
+                "head_dim": config.attention.head_size(config),
                 "attention.rope": attention.rope,
-                "attention.scale": attention.scale or config.head_dim**-0.5,
+                "attention.scale": attention.scale or config.attention.head_size(config) ** -0.5,
                 "attention.qkv_bias": attention.qkv_bias,
                 "attention.out_bias": attention.out_bias,
             }
@@ -153,24 +153,26 @@ def numerics(config: ModelConfig) -> dict:
         mamba = config.mamba
         values.update({f"mamba.{key}": getattr(mamba, key) for key in ("d_state", "d_conv", "expand", "conv_bias")})
         values.update({f"mamba.{key}": getattr(mamba, key) for key in ("proj_bias", "n_heads", "inner_norms")})
-        values["mamba.dt_rank"] = config.dt_rank
+        values["mamba.dt_rank"] = config.mamba.rank(config)
     if "D" in chars:
         fields = ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size", "dt_limit", "conv_bias")
         values.update({f"mamba2.{key}": getattr(config.mamba2, key) for key in (*fields, "proj_bias", "norm_eps")})
     if "R" in chars:
         rglru = config.rglru
-        values.update({"rglru.width": config.rnn_width, "rglru.n_heads": rglru.n_heads or config.n_heads})
+        values.update({"rglru.width": config.rglru.lru_width(config), "rglru.n_heads": rglru.n_heads or config.n_heads})
         values.update({f"rglru.{key}": getattr(rglru, key) for key in ("d_conv", "c", "bias", "activation")})
     if chars & set("FE"):
         values.update(
             {
-                "mlp.d_ff": config.d_ff,
+                "mlp.d_ff": config.mlp.width(config),
                 **{f"mlp.{key}": getattr(config.mlp, key) for key in ("activation", "gated", "bias")},
             }
         )
     if "E" in chars:
         moe = config.moe
-        values.update({"moe.d_ff": moe.d_ff or config.d_ff, "moe.n_experts": moe.n_experts, "moe.top_k": moe.top_k})
+        values.update(
+            {"moe.d_ff": moe.d_ff or config.mlp.width(config), "moe.n_experts": moe.n_experts, "moe.top_k": moe.top_k}
+        )
         values.update({"moe.normalize_top_k": moe.normalize_top_k, "moe.aux_loss_coef": moe.aux_loss_coef})
     if "S" in chars:
         values.update(_shared_numerics(config))
@@ -181,12 +183,12 @@ def _shared_numerics(config: ModelConfig) -> dict:
     shared = config.shared
     values = {
         "shared.n_blocks": shared.n_blocks,
-        "shared.n_heads": config.shared_heads,
-        "shared.n_kv_heads": config.shared_kv_heads,
-        "shared.d_ff": shared.d_ff or config.d_ff,
+        "shared.n_heads": config.shared.heads(config),
+        "shared.n_kv_heads": config.shared.kv_heads(config),
+        "shared.d_ff": shared.d_ff or config.mlp.width(config),
         "shared.activation": shared.activation,
         "shared.rope": shared.rope,
-        "shared.scale": shared.scale or (config.shared_head_dim / 2) ** -0.5,
+        "shared.scale": shared.scale or (config.shared.head_size(config) / 2) ** -0.5,
         "shared.lora_rank": shared.lora_rank,
     }
     if shared.rope:

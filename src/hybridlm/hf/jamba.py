@@ -113,7 +113,7 @@ def config_to_hf(config: ModelConfig) -> dict:
         "mamba_d_state": mamba.d_state,
         "mamba_d_conv": mamba.d_conv,
         "mamba_expand": mamba.expand,
-        "mamba_dt_rank": config.dt_rank,
+        "mamba_dt_rank": config.mamba.rank(config),
         "mamba_conv_bias": mamba.conv_bias,
         "mamba_proj_bias": mamba.proj_bias,
     }

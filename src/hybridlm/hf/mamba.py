@@ -74,7 +74,7 @@ def config_to_hf(config: ModelConfig) -> dict:
         "use_bias": mamba.proj_bias,
         "use_conv_bias": mamba.conv_bias,
         "hidden_act": "silu",
-        "time_step_rank": config.dt_rank,
+        "time_step_rank": config.mamba.rank(config),
         "time_step_min": mamba.dt_min,
         "time_step_max": mamba.dt_max,
         "time_step_floor": mamba.dt_init_floor,

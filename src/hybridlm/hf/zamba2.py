@@ -126,7 +126,7 @@ def config_to_hf(config: ModelConfig) -> dict:
         raise ConfigError("zamba2 clamps dt at time_step_min > 0: set mamba2.dt_limit=(0.001, inf) as Zamba2 does")
     if "S" in config.chars and not (shared.lora_rank and shared.lora_mlp):
         raise ConfigError("zamba2 always has MLP adapters: set shared.lora_rank > 0 and shared.lora_mlp=true")
-    if shared.lora_attention and config.shared_kv_heads != config.shared_heads:
+    if shared.lora_attention and config.shared.kv_heads(config) != config.shared.heads(config):
         raise ConfigError("transformers' Zamba2 k/v adapters are 2 * d_model wide: GQA needs lora_attention=false")
     return {
         "vocab_size": config.vocab_size,
@@ -143,10 +143,10 @@ def config_to_hf(config: ModelConfig) -> dict:
         "n_mamba_heads": mamba2.expand * config.d_model // mamba2.head_dim,
         "chunk_size": mamba2.chunk_size,
         "add_bias_linear": False,
-        "intermediate_size": shared.d_ff or config.d_ff,
+        "intermediate_size": shared.d_ff or config.mlp.width(config),
         "hidden_act": ACTIVATIONS_TO_HF[shared.activation],
-        "num_attention_heads": config.shared_heads,
-        "num_key_value_heads": config.shared_kv_heads,
+        "num_attention_heads": config.shared.heads(config),
+        "num_key_value_heads": config.shared.kv_heads(config),
         "num_mem_blocks": shared.n_blocks,
         "use_shared_attention_adapter": shared.lora_attention,
         "adapter_rank": shared.lora_rank,

@@ -1,41 +1,43 @@
-"""Sub-layer registry: pattern character -> class. Adding a mixer is one file plus one line here.
+"""The mixer families: one `Mixer` subclass per file, listed once in `FAMILIES` (registry.py).
 
-Every class has `from_config(config, char)`, `forward(x, state, ctx)` (state None: no cache) and
-`allocate_state(batch_size, max_len, device, dtype)`.
+A family declares its pattern characters, its typed config and its hooks (base.py); the pattern,
+`ModelConfig`, the model, the CLI listings and the analyses all read the registry. Users add a
+family from their own code with `hybridlm.register_mixer(MyMixer)` (docs/adding-a-mixer.md).
 """
 
 from .attention import Attention
+from .base import CacheBytes, Decay, Flops, Mixer, no_weight_decay
 from .blend import Blend
 from .hyena import Hyena
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .mixing import MixingOperator
 from .mlp import MLP
 from .moe import MoE
 from .recurrent import RecurrentBlock
+from .registry import FAMILIES, MIXERS, register
 from .shared import SharedAttention
 
-MIXERS = {
-    "A": Attention,
-    "L": Attention,
-    "S": SharedAttention,
-    "M": Mamba,
-    "D": Mamba2,
-    "R": RecurrentBlock,
-    "H": Hyena,
-    "P": Blend,
-    "F": MLP,
-    "E": MoE,
-}
+for _family in (Attention, SharedAttention, Mamba, Mamba2, RecurrentBlock, Hyena, Blend, MLP, MoE):
+    register(_family)
 
 __all__ = [
+    "FAMILIES",
     "MIXERS",
+    "MLP",
     "Attention",
     "Blend",
+    "CacheBytes",
+    "Decay",
+    "Flops",
     "Hyena",
     "Mamba",
     "Mamba2",
-    "MLP",
+    "Mixer",
+    "MixingOperator",
     "MoE",
     "RecurrentBlock",
     "SharedAttention",
+    "no_weight_decay",
+    "register",
 ]

@@ -17,19 +17,74 @@ induction head otherwise needs a second layer for; recall tasks are learned much
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import EMPTY, KVCache, LayerState
+from ..cache import EMPTY, KVCache, State
+from .base import (
+    POSITION_BYTES,
+    CacheBytes,
+    Decay,
+    Flops,
+    Mixer,
+    check_positive,
+    conv_flops,
+    conv_state_bytes,
+    linear_flops,
+    require,
+)
 from .context import Context
 from .conv import CausalConv1d
+from .mixing import MixingOperator
 from .rope import RotaryEmbedding
 
 SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa
 
 
-class Attention(nn.Module):
+@dataclass
+class AttentionConfig:
+    """Causal GQA attention (`A`) and its sliding-window form (`L`)."""
+
+    head_dim: int | None = None  # None: d_model // n_heads
+    rope: bool = True
+    rope_theta: float = 10000.0
+    rope_fraction: float = 1.0  # partial RoPE: rotate the first fraction of head_dim (RecurrentGemma 0.5)
+    window: int = 128  # `L`: the number of keys a query sees, itself included
+    qkv_bias: bool = False
+    out_bias: bool = False
+    scale: float | None = None  # None: head_dim ** -0.5
+    short_conv: int = 0  # depthwise causal conv of this width on q, k, v (Primer's MDHA); 0 = off
+
+    def head_size(self, model) -> int:
+        return self.head_dim or model.d_model // model.n_heads
+
+    def validate(self, model, chars: str) -> None:
+        check_positive(self, "attention.", ("head_dim", "rope_theta", "window", "scale"))
+        require(
+            self.head_dim is not None or model.d_model % model.n_heads == 0,
+            f"d_model={model.d_model} is not divisible by n_heads={model.n_heads}; set attention.head_dim",
+        )
+        require(0.0 < self.rope_fraction <= 1.0, f"attention.rope_fraction={self.rope_fraction} must be in (0, 1]")
+        require(self.short_conv >= 0, f"attention.short_conv={self.short_conv} must be >= 0 (0 = off)")
+
+
+@dataclass
+class ShortConvKVState(State):
+    """Attention with a short conv on q, k, v: its keys and values, and the conv's last k - 1 inputs."""
+
+    kv: KVCache
+    conv: torch.Tensor  # (B, q + k + v channels, k - 1)
+
+
+class Attention(Mixer):
+    chars = {"A": "attention", "L": "local_attention"}
+    config_name = "attention"
+    Config = AttentionConfig
+    attention_chars = "AL"
+
     def __init__(
         self,
         d_in: int,
@@ -68,7 +123,7 @@ class Attention(nn.Module):
             config.d_model,
             config.n_heads,
             config.kv_heads,
-            config.head_dim,
+            options.head_size(config),
             window=options.window if char == "L" else None,
             rope=options.rope,
             rope_theta=options.rope_theta,
@@ -79,15 +134,24 @@ class Attention(nn.Module):
             short_conv=options.short_conv,
         )
 
-    def allocate_state(self, batch_size: int, max_len: int | None, device, dtype) -> KVCache | LayerState:
-        """A KVCache; with a short conv, LayerState(kv=KVCache, conv=(B, q+k+v channels, k-1))."""
+    @classmethod
+    def describe_options(cls, config) -> str:
+        used = config.used_chars
+        window = f"window={config.attention.window}" if "L" in used else ""
+        return ", ".join(part for part in (window, "" if config.attention.rope else "no RoPE") if part)
+
+    def note(self) -> str:
+        return f", window {self.window}" if self.window is not None else ""
+
+    def allocate_state(self, batch_size: int, max_len: int | None, device, dtype) -> KVCache | ShortConvKVState:
+        """A KVCache; with a short conv, ShortConvKVState(kv=KVCache, conv=(B, q+k+v channels, k-1))."""
         kv = KVCache(
             batch_size, self.n_kv_heads, self.head_dim, window=self.window, max_len=max_len, device=device, dtype=dtype
         )
         if self.short_conv is None:
             return kv
         channels, width = self.short_conv.weight.shape[0], self.short_conv.kernel_size
-        return LayerState(kv=kv, conv=torch.zeros(batch_size, channels, width - 1, device=device, dtype=dtype))
+        return ShortConvKVState(kv=kv, conv=torch.zeros(batch_size, channels, width - 1, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, state, ctx: Context, adapters=None) -> torch.Tensor:
         """x (B, N, d_in) -> (B, N, d_out). `adapters`: optional LoRA modules added to q, k, v (Zamba2)."""
@@ -132,6 +196,72 @@ class Attention(nn.Module):
             mask = attention_mask(query_positions, key_positions, self.window)  # (B, 1, N, T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **sdpa)
         return self.o_proj(y.transpose(1, 2).reshape(batch, n_new, self.n_heads * self.head_dim))
+
+    def flops(self, seq_len: int) -> Flops:
+        """Projections (and the short conv) per token; QK^T and PV, 4 * H * D per (query, key) pair the
+        mask allows: sum_{t<=N} min(t, w) pairs in a prefill, min(N, w) for the N-th token."""
+        dense = sum(linear_flops(p) for p in (self.q_proj, self.k_proj, self.v_proj, self.o_proj))
+        if self.short_conv is not None:
+            dense += conv_flops(self.short_conv)
+        per_pair = 4 * self.n_heads * self.head_dim
+        decode_keys = min(seq_len, self.window or seq_len)
+        return Flops(dense, per_pair * attention_pairs(seq_len, self.window), per_pair * decode_keys)
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        """N slots of keys and values (window - 1 for the ring) with an int64 position each, the short
+        conv's k - 1 inputs; the papers count 2 * min(N, w) * H_kv * D values."""
+        slots = self.window - 1 if self.window is not None else seq_len
+        visible = min(seq_len, self.window or seq_len)
+        width = self.n_kv_heads * self.head_dim
+        return CacheBytes(
+            kv=2 * batch * slots * width * dtype_bytes,
+            slots=batch * slots * POSITION_BYTES,
+            state=0 if self.short_conv is None else conv_state_bytes(self.short_conv, batch, dtype_bytes),
+            paper_kv=2 * batch * visible * width * dtype_bytes,
+            simplified=2 * batch * visible * self.o_proj.out_features * dtype_bytes,
+        )
+
+    def mixing_operators(self, x: torch.Tensor, ctx: Context) -> list[MixingOperator]:
+        return [self.operator(x, ctx, "attention" if self.window is None else "local_attention")]
+
+    def operator(self, s, ctx, kind, adapters=None, post=None) -> MixingOperator:
+        """Softmax probabilities of every head for input s (1, N, d_in), M_h = softmax(Q K^T * scale + mask);
+        `post` maps the o_proj output onward (the shared block's MLP)."""
+        length = s.shape[1]
+        heads, kv_heads, head_dim = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.q_proj(s), self.k_proj(s), self.v_proj(s)
+        if adapters is not None:
+            q, k, v = q + adapters[0](s), k + adapters[1](s), v + adapters[2](s)
+        if self.short_conv is not None:  # Primer's depthwise conv on q, k, v: the values are after it
+            qkv, _ = self.short_conv(ctx.zero_padding(torch.cat([q, k, v], dim=-1)))
+            q, k, v = qkv.split([q.shape[-1], k.shape[-1], v.shape[-1]], dim=-1)
+        q = q.view(1, length, heads, head_dim).transpose(1, 2)  # (1, H, N, D)
+        k = k.view(1, length, kv_heads, head_dim).transpose(1, 2)
+        v = v.view(1, length, kv_heads, head_dim).transpose(1, 2)
+        if self.rope is not None:
+            rotations = self.rope.rotations(ctx.positions)
+            q, k = self.rope(q, rotations), self.rope(k, rotations)
+        k, v = (t.repeat_interleave(heads // kv_heads, dim=1)[0] for t in (k, v))  # (H, N, D)
+        scores = (q[0].double() @ k.double().transpose(-1, -2)) * self.scale  # (H, N, N)
+        visible = attention_mask(ctx.positions[:1], ctx.positions[:1], self.window)[0]  # (1, N, N)
+        probs = torch.softmax(scores.masked_fill(~visible, -torch.inf), dim=-1)
+
+        def readout(mixed):
+            out = self.o_proj(mixed.transpose(0, 1).reshape(1, length, heads * head_dim).to(s.dtype))
+            return out if post is None else post(out)
+
+        return MixingOperator(kind, "head", v, lambda groups: probs[groups], readout, chunk=heads)
+
+    def decay_rates(self, x: torch.Tensor, ctx: Context) -> Decay | None:
+        """Attention keeps every key (or the window): no decaying state."""
+        return None
+
+
+def attention_pairs(seq_len: int, window: int | None) -> int:
+    """(query, key) pairs a causal mask allows over N tokens: sum_{t=1..N} min(t, w)."""
+    if window is None or seq_len <= window:
+        return seq_len * (seq_len + 1) // 2
+    return window * (window + 1) // 2 + (seq_len - window) * window
 
 
 def attention_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None) -> torch.Tensor:

@@ -15,7 +15,7 @@ class Context:
     positions: torch.Tensor  # (B, N) position of each new token in its own row; -1 marks padding
     valid: torch.Tensor | None = None  # (B, N) True for real tokens; None: no padding
     embeddings: torch.Tensor | None = None  # (B, N, d) the token embeddings, input of the shared block
-    shared_blocks: object = None  # the model's shared attention blocks (Zamba), indexed by `S` layers
+    shared: dict | None = None  # {attribute: module} weights the model holds once (`Mixer.shared_modules`)
 
     def zero_padding(self, x: torch.Tensor) -> torch.Tensor:
         """Zero x (B, N, ...) at padding positions so nothing of a pad reaches a state."""

@@ -16,19 +16,62 @@ implicit filter), and chunked prefill adds the carried-in state's response exact
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import LayerState
+from ..cache import State
 from ..ops.dispatch import modal_recurrence
 from ..ops.fftconv import fft_causal_conv, modal_filter, modal_prefill_state, modal_state_response
+from .base import (
+    COMPLEX64_BYTES,
+    CacheBytes,
+    Decay,
+    Flops,
+    Mixer,
+    check_positive,
+    conv_flops,
+    conv_state_bytes,
+    linear_flops,
+    no_weight_decay,
+    require,
+)
 from .context import Context
 from .conv import CausalConv1d
+from .mixing import MixingOperator, chunk_groups
 
 
-class Hyena(nn.Module):
+@dataclass
+class HyenaConfig:
+    """Hyena order-2 operator (`H`) with a modal long filter h_t = Re sum_n R_n p_n^t (StripedHyena)."""
+
+    short_conv: int = 3
+    n_modes: int = 4  # complex poles per channel
+    decay_min: float = 0.5  # initial |p| spread in [decay_min, decay_max]
+    decay_max: float = 0.999
+    proj_bias: bool = True
+
+    def validate(self, model, chars: str) -> None:
+        check_positive(self, "hyena.", ("short_conv", "n_modes"))
+        require(
+            0.0 < self.decay_min <= self.decay_max < 1.0,
+            f"hyena.decay_min={self.decay_min}, decay_max={self.decay_max}: need 0 < decay_min <= decay_max < 1",
+        )
+
+
+@dataclass
+class HyenaState(State):
+    conv: torch.Tensor  # (b, 3d, k - 1) in the activation dtype
+    modal: torch.Tensor  # (b, d, m) complex64
+
+
+class Hyena(Mixer):
+    chars = {"H": "hyena"}
+    config_name = "hyena"
+    Config = HyenaConfig
+
     def __init__(self, d_model: int, options):
         super().__init__()
         self.options, self.d_model = options, d_model
@@ -40,11 +83,16 @@ class Hyena(nn.Module):
         self.D = nn.Parameter(torch.empty(d_model))
         self.out_proj = nn.Linear(d_model, d_model, bias=options.proj_bias)
         self.out_proj.residual_output = True
+        no_weight_decay(self.pole_rho, self.pole_theta, self.residue, self.D)
         self.reset_special_parameters()
 
     @classmethod
     def from_config(cls, config, char: str = "H", ordinal: int = 0) -> Hyena:
         return cls(config.d_model, config.hyena)
+
+    @classmethod
+    def describe_options(cls, config) -> str:
+        return f"hyena modes={config.hyena.n_modes}"
 
     def reset_special_parameters(self) -> None:
         """Radii spread over [decay_min, decay_max] per channel (short to long memory), angles in [0, pi)."""
@@ -66,17 +114,15 @@ class Hyena(nn.Module):
         log_radius, angle = self.poles()
         return modal_filter(log_radius, angle, torch.view_as_complex(self.residue.float()), length)
 
-    def allocate_state(self, batch_size: int, max_len, device, dtype) -> LayerState:
-        return LayerState(
+    def allocate_state(self, batch_size: int, max_len, device, dtype) -> HyenaState:
+        return HyenaState(
             conv=torch.zeros(batch_size, 3 * self.d_model, self.options.short_conv - 1, device=device, dtype=dtype),
             modal=torch.zeros(batch_size, self.d_model, self.options.n_modes, device=device, dtype=torch.complex64),
         )
 
-    def forward(self, u: torch.Tensor, state: LayerState | None, ctx: Context) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, state: HyenaState | None, ctx: Context) -> torch.Tensor:
         """u (b, l, d) -> (b, l, d); one-token steps use the recurrence, longer inputs the FFT."""
-        qkv, conv_state = self.short_conv(ctx.zero_padding(self.in_proj(u)), None if state is None else state.conv)
-        q, k, v = qkv.chunk(3, dim=-1)
-        gated = ctx.zero_padding(k * v)  # (b, l, d), the long convolution's input
+        q, gated, conv_state = self.gates(u, ctx, None if state is None else state.conv)
         log_radius, angle = self.poles()
         residue = torch.view_as_complex(self.residue.float())
         if state is not None and u.shape[1] == 1:
@@ -92,3 +138,54 @@ class Hyena(nn.Module):
             state.modal.copy_(modal_state)
         z = z + self.D * gated
         return self.out_proj(q * z)
+
+    def gates(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
+        """q (b, l, d), the long convolution's input k o v (b, l, d), and the short conv's new state."""
+        qkv, conv_state = self.short_conv(ctx.zero_padding(self.in_proj(u)), conv_state)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return q, ctx.zero_padding(k * v), conv_state
+
+    def flops(self, seq_len: int) -> Flops:
+        """Dense: in/out projections and the short conv. Prefill: FFT convolution zero-padded to 2N
+        (hyena_fft_flops); decode: the modal recurrence, complex p * s (6), + u (1), Re(R s) (3),
+        sum (1) per mode, and the skip: 11 d m + 2 d."""
+        dense = linear_flops(self.in_proj) + conv_flops(self.short_conv) + linear_flops(self.out_proj)
+        d, modes = self.d_model, self.options.n_modes
+        return Flops(dense, hyena_fft_flops(d, modes, seq_len), 11 * d * modes + 2 * d)
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        modal = batch * self.d_model * self.options.n_modes * COMPLEX64_BYTES
+        state = conv_state_bytes(self.short_conv, batch, dtype_bytes) + modal
+        return CacheBytes(state=state, simplified=batch * self.d_model * dtype_bytes)
+
+    def mixing_operators(self, u: torch.Tensor, ctx: Context) -> list[MixingOperator]:
+        """The Toeplitz matrix of each channel's long filter, M_c[t, s] = h_c[t - s] (Hyena eq. 3),
+        acting on k o v; q gates the result."""
+        q, gated, _ = self.gates(u, ctx)
+        length = u.shape[1]
+        kernel = self.filter(length).double()  # (d, N)
+        lags = torch.arange(length, device=u.device)
+        lag = lags.unsqueeze(1) - lags.unsqueeze(0)  # (N, N) t - s
+        lower = lag >= 0
+
+        def build(groups):
+            return kernel[groups][:, lag.clamp(min=0)].masked_fill(~lower, 0.0)
+
+        def readout(mixed):
+            z = mixed[..., 0].T.unsqueeze(0) + self.D.double() * gated.double()
+            return self.out_proj(q * z.to(u.dtype))
+
+        return [MixingOperator("hyena", "channel", gated[0].T.unsqueeze(-1), build, readout, chunk_groups(length))]
+
+    def decay_rates(self, u: torch.Tensor, ctx: Context) -> Decay:
+        """-log |p| = softplus(rho), one per (channel, mode), input-independent."""
+        return Decay("channel x mode", F.softplus(self.pole_rho.double()).flatten(), "hyena")
+
+
+def hyena_fft_flops(channels: int, n_modes: int, seq_len: int) -> float:
+    """FFT long convolution of N tokens zero-padded to 2N: three real FFTs (2.5 * 2N log2 2N each), a
+    complex product (6 per frequency, N + 1 of them), the modal filter (9 per (mode, t)), the skip (2)."""
+    n_fft = 2 * seq_len
+    fft = 2.5 * n_fft * math.log2(n_fft)  # one real FFT (half of the 5 n log2 n of a complex one)
+    per_channel = 3 * fft + 6 * (seq_len + 1) + 9 * n_modes * seq_len + 2 * seq_len
+    return channels * per_channel

@@ -18,19 +18,76 @@ Options matching Hugging Face: `inner_norms` (Jamba's RMSNorm on dt_r, B and C) 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import LayerState
+from ..cache import State
 from ..ops.dispatch import mamba_decode_step, selective_scan
+from .base import (
+    FP32_BYTES,
+    CacheBytes,
+    Decay,
+    Flops,
+    Mixer,
+    check_positive,
+    conv_flops,
+    conv_state_bytes,
+    linear_flops,
+    no_weight_decay,
+    require,
+)
 from .context import Context
 from .conv import CausalConv1d
+from .mixing import MixingOperator, chunk_groups, lower_triangle, segment_sums
 from .norm import RMSNorm
 
 
-class Mamba(nn.Module):
+@dataclass
+class MambaConfig:
+    """Mamba-1 selective SSM (`M`), Gu & Dao 2023."""
+
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None  # None: ceil(d_model / 16)
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    proj_bias: bool = False
+    n_heads: int = 1  # Zamba runs Mamba-1 as independent heads with their own x_proj/dt_proj
+    inner_norms: bool = False  # Jamba: RMSNorm on dt, B and C after x_proj
+
+    def rank(self, model) -> int:
+        """dt_rank, by default ceil(d_model / 16)."""
+        return self.dt_rank or math.ceil(model.d_model / 16)
+
+    def validate(self, model, chars: str) -> None:
+        check_positive(self, "mamba.", ("d_state", "d_conv", "expand", "dt_rank", "n_heads"))
+        check_positive(self, "mamba.", ("dt_min", "dt_max", "dt_init_floor"))
+        require(self.dt_min <= self.dt_max, f"mamba.dt_min={self.dt_min} must be <= mamba.dt_max={self.dt_max}")
+        require(
+            (self.expand * model.d_model) % self.n_heads == 0,
+            f"mamba.n_heads={self.n_heads} must divide mamba.expand * d_model = {self.expand * model.d_model}",
+        )
+
+
+@dataclass
+class ConvSSMState(State):
+    """A conv window and an SSM state (Mamba-1 and Mamba-2)."""
+
+    conv: torch.Tensor  # (b, channels, k - 1) in the activation dtype
+    ssm: torch.Tensor  # (b, d_in, n) for Mamba-1, (b, h, p, n) for Mamba-2; fp32
+
+
+class Mamba(Mixer):
+    chars = {"M": "mamba"}
+    config_name = "mamba"
+    Config = MambaConfig
+
     def __init__(self, d_model: int, options, norm_eps: float = 1e-5):
         super().__init__()
         self.options = options
@@ -49,11 +106,21 @@ class Mamba(nn.Module):
         self.out_proj.residual_output = True
         if options.inner_norms:
             self.dt_norm, self.B_norm, self.C_norm = RMSNorm(r, norm_eps), RMSNorm(n, norm_eps), RMSNorm(n, norm_eps)
+        no_weight_decay(self.A_log, self.D, self.dt_proj_bias)
         self.reset_special_parameters()
 
     @classmethod
     def from_config(cls, config, char: str = "M", ordinal: int = 0) -> Mamba:
         return cls(config.d_model, config.mamba, config.norm_eps)
+
+    @classmethod
+    def describe_options(cls, config) -> str:
+        options = config.mamba
+        return (
+            f"mamba N={options.d_state} r={options.rank(config)}"
+            + (f" heads={options.n_heads}" if options.n_heads > 1 else "")
+            + (" dt/B/C norms" if options.inner_norms else "")
+        )
 
     def reset_special_parameters(self) -> None:
         """Mamba's init: S4D-real A = -(1..n), dt in [dt_min, dt_max] log-uniform, D = 1."""
@@ -71,25 +138,23 @@ class Mamba(nn.Module):
             )
             self.D.fill_(1.0)
 
-    def allocate_state(self, batch_size: int, max_len, device, dtype) -> LayerState:
-        return LayerState(
+    def allocate_state(self, batch_size: int, max_len, device, dtype) -> ConvSSMState:
+        return ConvSSMState(
             conv=torch.zeros(batch_size, self.d_inner, self.options.d_conv - 1, device=device, dtype=dtype),
             ssm=torch.zeros(batch_size, self.d_inner, self.options.d_state, device=device, dtype=torch.float32),
         )
 
-    def forward(self, u: torch.Tensor, state: LayerState | None, ctx: Context) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, state: ConvSSMState | None, ctx: Context) -> torch.Tensor:
         """u (b, l, d) -> (b, l, d); updates `state` (conv, ssm) in place when given.
 
         Left padding is exact: x is zero at padding before and after the conv, so the state stays zero.
         """
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d_in) each
         if state is not None and ctx.valid is None:  # decoding one token: a fused kernel when available
-            y = mamba_decode_step(self, x, z, state)
+            y = mamba_decode_step(x, z, state.conv, state.ssm, self._step_weights())
             if y is not None:
                 return self.out_proj(y.to(u.dtype))
-        x, conv_state = self.conv(ctx.zero_padding(x), None if state is None else state.conv, silu=True)
-        x = ctx.zero_padding(x)
-        dt, B, C = self.ssm_parameters(x)
+        x, dt, B, C, conv_state = self._convolve(x, ctx, None if state is None else state.conv)
         y, ssm_state = selective_scan(  # y * SiLU(z), the gate folded into the scan (ops/dispatch.py)
             x, dt, -torch.exp(self.A_log.float()), B, C, self.D, z, None if state is None else state.ssm
         )
@@ -97,6 +162,33 @@ class Mamba(nn.Module):
             state.conv.copy_(conv_state)
             state.ssm.copy_(ssm_state)
         return self.out_proj(y)
+
+    def scan_inputs(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
+        """Everything up to the scan: x (b, l, d_in) after conv and SiLU, gate z, dt (b, l, d_in), B and C
+        (b, l, g, n), and the conv's new state."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, d_in) each
+        x, dt, B, C, conv_state = self._convolve(x, ctx, conv_state)
+        return x, z, dt, B, C, conv_state
+
+    def _convolve(self, x: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None):
+        x, conv_state = self.conv(ctx.zero_padding(x), conv_state, silu=True)
+        x = ctx.zero_padding(x)
+        dt, B, C = self.ssm_parameters(x)
+        return x, dt, B, C, conv_state
+
+    def _step_weights(self) -> dict:
+        norms = (self.dt_norm.weight, self.B_norm.weight, self.C_norm.weight) if self.options.inner_norms else None
+        return {
+            "conv_weight": self.conv.weight,
+            "conv_bias": self.conv.bias,
+            "x_proj": self.x_proj_weight,
+            "dt_proj": self.dt_proj_weight,
+            "dt_bias": self.dt_proj_bias,
+            "A_log": self.A_log,
+            "D": self.D,
+            "norm_weights": norms,
+            "norm_eps": self.dt_norm.eps if norms else 0.0,
+        }
 
     def ssm_parameters(self, x: torch.Tensor):
         """x (b, l, d_in) -> dt (b, l, d_in), B and C (b, l, g, n)."""
@@ -110,3 +202,49 @@ class Mamba(nn.Module):
         dt = torch.einsum("blgr,gir->blgi", dt_r, self.dt_proj_weight)
         dt = F.softplus((dt + self.dt_proj_bias).float()).reshape(batch, length, self.d_inner)
         return dt, B, C
+
+    def flops(self, seq_len: int) -> Flops:
+        """Dense: in/out projections, conv, x_proj and dt_proj (per head). Mixing per token and
+        (channel, state) element: dt * A, exp, times B (3), the update (2), C . h (2); per channel
+        dt * x (1) and the skip D x (2): 7 d_in n + 3 d_in."""
+        projections = 2 * self.x_proj_weight.numel() + 2 * self.dt_proj_weight.numel()
+        dense = linear_flops(self.in_proj) + conv_flops(self.conv) + projections + linear_flops(self.out_proj)
+        per_token = 7 * self.d_inner * self.options.d_state + 3 * self.d_inner
+        return Flops(dense, per_token * seq_len, per_token)
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        ssm = batch * self.d_inner * self.options.d_state * FP32_BYTES
+        simplified = batch * self.out_proj.out_features * dtype_bytes  # d values of state
+        return CacheBytes(state=conv_state_bytes(self.conv, batch, dtype_bytes) + ssm, simplified=simplified)
+
+    def mixing_operators(self, u: torch.Tensor, ctx: Context) -> list[MixingOperator]:
+        """One semiseparable matrix per channel of d_in (Mamba-2, section 3):
+        M_c[t, s] = sum_n C_t[n] exp(A[c, n] sum_{s<u<=t} dt_u[c]) B_s[n] dt_s[c]."""
+        x, z, dt, B, C, _ = self.scan_inputs(u, ctx)
+        length, channels = x.shape[1], x.shape[2]
+        per_group = channels // B.shape[2]
+        B_c = B[0].double().repeat_interleave(per_group, dim=1)  # (N, d_in, n)
+        C_c = C[0].double().repeat_interleave(per_group, dim=1)
+        A = -torch.exp(self.A_log.double())  # (d_in, n)
+        dt64 = dt[0].double()  # (N, d_in)
+        cumulative, lower = dt64.cumsum(0), lower_triangle(length, x.device)
+
+        def build(groups):
+            seg = segment_sums(cumulative[:, groups], lower)  # (g, N, N) sum of dt over (s, t]
+            decay = torch.exp(A[groups][:, None, None, :] * seg.unsqueeze(-1))  # (g, N, N, n)
+            matrix = torch.einsum("tcn,scn,ctsn->cts", C_c[:, groups], B_c[:, groups], decay)
+            return (matrix * dt64[:, groups].T.unsqueeze(1)).masked_fill(~lower, 0.0)
+
+        def readout(mixed):
+            y = mixed[..., 0].T.unsqueeze(0) + self.D.double() * x.double()  # (1, N, d_in)
+            return self.out_proj((y.to(u.dtype)) * F.silu(z))
+
+        values = x[0].T.unsqueeze(-1)  # (d_in, N, 1)
+        return [MixingOperator("mamba", "channel", values, build, readout, chunk_groups(length, B.shape[-1]))]
+
+    def decay_rates(self, u: torch.Tensor, ctx: Context) -> Decay:
+        """-log A_bar = dt_t[c] * |A[c, n]|, averaged over tokens: one rate per (channel, state)."""
+        _, _, dt, _, _, _ = self.scan_inputs(u, ctx)
+        mean_dt = dt[0].double().mean(0)  # (d_in,)
+        rates = (mean_dt.unsqueeze(-1) * torch.exp(self.A_log.double())).flatten()
+        return Decay("channel x state", rates, "mamba")

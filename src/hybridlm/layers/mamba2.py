@@ -16,15 +16,79 @@ chunked path, so their single-token decode can differ when dt < dt_limit[0] (Zam
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import LayerState
+from ..errors import ConfigError
 from ..ops.dispatch import ssd
+from .base import (
+    FP32_BYTES,
+    CacheBytes,
+    Decay,
+    Flops,
+    Mixer,
+    check_positive,
+    conv_flops,
+    conv_state_bytes,
+    linear_flops,
+    no_weight_decay,
+    require,
+)
 from .context import Context
 from .conv import CausalConv1d
+from .mamba import ConvSSMState
+from .mixing import MixingOperator, chunk_groups, lower_triangle, segment_sums
+
+
+@dataclass
+class Mamba2Config:
+    """Mamba-2 / SSD (`D`), Dao & Gu 2024."""
+
+    d_state: int = 64
+    d_conv: int = 4
+    expand: int = 2
+    head_dim: int = 64
+    n_groups: int = 1
+    chunk_size: int = 64  # 64 is fastest on CPU; the CUDA kernels use 256
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_limit: tuple[float, float] = (0.0, math.inf)  # clamp of dt after softplus (Zamba2: (1e-3, inf))
+    conv_bias: bool = True
+    proj_bias: bool = False
+    norm_eps: float = 1e-5  # the gated RMSNorm before out_proj
+
+    def __post_init__(self) -> None:
+        try:  # JSON gives a list, an unbounded clamp as the string "inf"
+            self.dt_limit = tuple(float(bound) for bound in self.dt_limit)
+        except (TypeError, ValueError):
+            raise ConfigError(f"mamba2.dt_limit={self.dt_limit!r} must be two numbers (low, high)") from None
+
+    def n_heads(self, model) -> int:
+        return self.expand * model.d_model // self.head_dim
+
+    def validate(self, model, chars: str) -> None:
+        check_positive(self, "mamba2.", ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size"))
+        check_positive(self, "mamba2.", ("dt_min", "dt_max", "dt_init_floor", "norm_eps"))
+        require(self.dt_min <= self.dt_max, f"mamba2.dt_min={self.dt_min} must be <= mamba2.dt_max={self.dt_max}")
+        low, high = self.dt_limit
+        require(
+            len(self.dt_limit) == 2 and 0.0 <= low <= high,
+            f"mamba2.dt_limit={self.dt_limit} must be (low, high) with 0 <= low <= high",
+        )
+        if "D" not in chars:
+            return
+        d_inner = self.expand * model.d_model
+        require(
+            d_inner % self.head_dim == 0, f"mamba2.expand * d_model = {d_inner} is not divisible by mamba2.head_dim"
+        )
+        require(
+            (d_inner // self.head_dim) % self.n_groups == 0,
+            f"mamba2.n_groups={self.n_groups} must divide the number of Mamba-2 heads ({d_inner // self.head_dim})",
+        )
 
 
 class GatedRMSNorm(nn.Module):
@@ -44,7 +108,11 @@ class GatedRMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
 
-class Mamba2(nn.Module):
+class Mamba2(Mixer):
+    chars = {"D": "mamba2"}
+    config_name = "mamba2"
+    Config = Mamba2Config
+
     def __init__(self, d_model: int, options):
         super().__init__()
         self.options = options
@@ -59,11 +127,16 @@ class Mamba2(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, options.n_groups, options.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=options.proj_bias)
         self.out_proj.residual_output = True
+        no_weight_decay(self.dt_bias, self.A_log, self.D)
         self.reset_special_parameters()
 
     @classmethod
     def from_config(cls, config, char: str = "D", ordinal: int = 0) -> Mamba2:
         return cls(config.d_model, config.mamba2)
+
+    @classmethod
+    def describe_options(cls, config) -> str:
+        return f"mamba2 N={config.mamba2.d_state} P={config.mamba2.head_dim}"
 
     def reset_special_parameters(self) -> None:
         """mamba_ssm's init: A uniform in [1, 16] per head, dt log-uniform in [dt_min, dt_max], D = 1."""
@@ -77,24 +150,20 @@ class Mamba2(nn.Module):
             self.A_log.copy_(torch.log(torch.empty(self.n_heads).uniform_(1, 16)))
             self.D.fill_(1.0)
 
-    def allocate_state(self, batch_size: int, max_len, device, dtype) -> LayerState:
+    def allocate_state(self, batch_size: int, max_len, device, dtype) -> ConvSSMState:
         options = self.options
-        return LayerState(
+        return ConvSSMState(
             conv=torch.zeros(batch_size, self.conv_dim, options.d_conv - 1, device=device, dtype=dtype),
             ssm=torch.zeros(
                 batch_size, self.n_heads, options.head_dim, options.d_state, device=device, dtype=torch.float32
             ),
         )
 
-    def forward(self, u: torch.Tensor, state: LayerState | None, ctx: Context) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, state: ConvSSMState | None, ctx: Context) -> torch.Tensor:
         """u (b, l, d) -> (b, l, d); updates `state` (conv, ssm) in place when given."""
         batch, length, _ = u.shape
         options = self.options
-        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC, conv_state = self.conv(ctx.zero_padding(xBC), None if state is None else state.conv, silu=True)
-        xBC = ctx.zero_padding(xBC)
-        x, B, C = xBC.split([self.d_inner, options.n_groups * options.d_state, options.n_groups * options.d_state], -1)
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*options.dt_limit)  # (b, l, h)
+        x, z, dt, B, C, conv_state = self.scan_inputs(u, ctx, None if state is None else state.conv)
         y, ssm_state = ssd(
             x.view(batch, length, self.n_heads, options.head_dim),
             dt,
@@ -109,3 +178,57 @@ class Mamba2(nn.Module):
             state.conv.copy_(conv_state)
             state.ssm.copy_(ssm_state)
         return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+
+    def scan_inputs(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
+        """Everything up to the scan: x (b, l, d_in), gate z, dt (b, l, h) after softplus and clamp,
+        B and C (b, l, g n), and the conv's new state."""
+        options = self.options
+        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        xBC, conv_state = self.conv(ctx.zero_padding(xBC), conv_state, silu=True)
+        xBC = ctx.zero_padding(xBC)
+        state_width = options.n_groups * options.d_state
+        x, B, C = xBC.split([self.d_inner, state_width, state_width], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*options.dt_limit)  # (b, l, h)
+        return x, z, dt, B, C, conv_state
+
+    def flops(self, seq_len: int) -> Flops:
+        """Dense: in/out projections and the conv. Mixing (recurrent form) per token: one decay per
+        head (2 per head), 5 per (channel, state) element, dt x and the skip: 5 d_in n + 3 d_in + 2 h.
+        (Chunked SSD prefill trades extra FLOPs for matmuls.)"""
+        dense = linear_flops(self.in_proj) + conv_flops(self.conv) + linear_flops(self.out_proj)
+        per_token = 5 * self.d_inner * self.options.d_state + 3 * self.d_inner + 2 * self.n_heads
+        return Flops(dense, per_token * seq_len, per_token)
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        ssm = batch * self.d_inner * self.options.d_state * FP32_BYTES
+        simplified = batch * self.out_proj.out_features * dtype_bytes
+        return CacheBytes(state=conv_state_bytes(self.conv, batch, dtype_bytes) + ssm, simplified=simplified)
+
+    def mixing_operators(self, u: torch.Tensor, ctx: Context) -> list[MixingOperator]:
+        """One matrix per head (SSD eq. 16): M_h[t, s] = (C_t . B_s) exp(A_h sum_{s<u<=t} dt_u[h]) dt_s[h]."""
+        options = self.options
+        length = u.shape[1]
+        x, z, dt, B, C, _ = self.scan_inputs(u, ctx)
+        dt = dt[0].double()  # (N, h)
+        per_group = self.n_heads // options.n_groups
+        B_h = B[0].double().view(length, options.n_groups, -1).repeat_interleave(per_group, dim=1)  # (N, h, n)
+        C_h = C[0].double().view(length, options.n_groups, -1).repeat_interleave(per_group, dim=1)
+        A = -torch.exp(self.A_log.double())  # (h,)
+        cumulative, lower = (dt * A).cumsum(0), lower_triangle(length, u.device)
+        x_heads = x[0].view(length, self.n_heads, options.head_dim)  # (N, h, p)
+
+        def build(groups):
+            decay = torch.exp(segment_sums(cumulative[:, groups], lower))
+            scores = torch.einsum("thn,shn->hts", C_h[:, groups], B_h[:, groups])
+            return (scores * decay * dt[:, groups].T.unsqueeze(1)).masked_fill(~lower, 0.0)
+
+        def readout(mixed):
+            y = mixed.transpose(0, 1) + self.D.double()[:, None] * x_heads.double()  # (N, h, p)
+            return self.out_proj(self.norm(y.reshape(1, length, self.d_inner).to(u.dtype), z))
+
+        return [MixingOperator("mamba2", "head", x_heads.transpose(0, 1), build, readout, chunk_groups(length, 2))]
+
+    def decay_rates(self, u: torch.Tensor, ctx: Context) -> Decay:
+        """-log A_bar = dt_t[h] * |A_h|, averaged over tokens: one rate per head."""
+        _, _, dt, _, _, _ = self.scan_inputs(u, ctx)
+        return Decay("head", dt[0].double().mean(0) * torch.exp(self.A_log.double()), "mamba2")

@@ -6,9 +6,14 @@ Glossary: B batch, N tokens, d model width, d_ff hidden width.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .base import CacheBytes, Flops, Mixer, check_positive, linear_flops, require
 
 ACTIVATION_FUNCTIONS = {
     "silu": F.silu,
@@ -18,7 +23,41 @@ ACTIVATION_FUNCTIONS = {
 }
 
 
-class MLP(nn.Module):
+def check_activation(section: str, activation: str) -> None:
+    require(
+        activation in ACTIVATION_FUNCTIONS,
+        f"{section}.activation={activation!r}: choose one of {', '.join(ACTIVATION_FUNCTIONS)}",
+    )
+
+
+@dataclass
+class MLPConfig:
+    """Dense MLP (`F`): down(act(gate(x)) * up(x)) when gated."""
+
+    d_ff: int | None = None  # None: 8/3 * d_model rounded up to a multiple of 8 (gated) or 4 * d_model
+    activation: str = "silu"
+    gated: bool = True
+    bias: bool = False
+
+    def width(self, model) -> int:
+        """d_ff; the default keeps a gated MLP's parameters at those of a 4d plain one."""
+        if self.d_ff:
+            return self.d_ff
+        if self.gated:
+            return 8 * math.ceil(8 * model.d_model / 3 / 8)
+        return 4 * model.d_model
+
+    def validate(self, model, chars: str) -> None:
+        check_positive(self, "mlp.", ("d_ff",))
+        check_activation("mlp", self.activation)
+
+
+class MLP(Mixer):
+    chars = {"F": "mlp"}
+    config_name = "mlp"
+    Config = MLPConfig
+    role = "ffn"
+
     def __init__(self, d_model: int, d_ff: int, activation: str = "silu", gated: bool = True, bias: bool = False):
         super().__init__()
         self.activation = ACTIVATION_FUNCTIONS[activation]
@@ -29,7 +68,8 @@ class MLP(nn.Module):
 
     @classmethod
     def from_config(cls, config, char: str = "F", ordinal: int = 0) -> MLP:
-        return cls(config.d_model, config.d_ff, config.mlp.activation, config.mlp.gated, config.mlp.bias)
+        options = config.mlp
+        return cls(config.d_model, options.width(config), options.activation, options.gated, options.bias)
 
     def allocate_state(self, batch_size, max_len, device, dtype):
         return None
@@ -44,3 +84,17 @@ class MLP(nn.Module):
             gate_delta, up_delta = gate_up_delta.chunk(2, dim=-1)
             gate, up = gate + gate_delta, up + up_delta
         return self.down_proj(self.activation(gate) * up)
+
+    def flops(self, seq_len: int) -> Flops:
+        """Its two or three linears per token; nothing along the sequence."""
+        linears = [self.up_proj, self.down_proj] + ([self.gate_proj] if self.gate_proj is not None else [])
+        return Flops(sum(linear_flops(linear) for linear in linears))
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        return CacheBytes()  # per token: no state
+
+    def mixing_operators(self, x, ctx) -> list:
+        return []  # per token: no mixing along the sequence
+
+    def decay_rates(self, x, ctx) -> None:
+        return None

@@ -12,12 +12,39 @@ The aux value is K under balanced routing and E under full collapse; the trainin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .base import CacheBytes, Flops, Mixer, check_positive, linear_flops, require
 from .mlp import MLP
+
+
+@dataclass
+class MoEConfig:
+    """Mixture-of-Experts MLP (`E`): top-k of n_experts gated MLPs, softmax router."""
+
+    n_experts: int = 8
+    top_k: int = 2
+    d_ff: int | None = None  # None: the MLP's d_ff
+    aux_loss_coef: float = 1e-2
+    normalize_top_k: bool = False  # Jamba: no renormalisation of the selected router weights
+
+    def ff_width(self, model) -> int:
+        return self.d_ff or model.mlp.width(model)
+
+    def validate(self, model, chars: str) -> None:
+        check_positive(self, "moe.", ("n_experts", "top_k", "d_ff"))
+        require(
+            math.isfinite(self.aux_loss_coef) and self.aux_loss_coef >= 0,
+            f"moe.aux_loss_coef={self.aux_loss_coef} must be finite and >= 0",
+        )
+        require(
+            "E" not in chars or self.top_k <= self.n_experts,
+            f"moe.top_k={self.top_k} must be in [1, moe.n_experts={self.n_experts}]",
+        )
 
 
 @dataclass
@@ -28,7 +55,12 @@ class RouterStats:
     aux: torch.Tensor  # () E * sum f_i P_i (differentiable through P)
 
 
-class MoE(nn.Module):
+class MoE(Mixer):
+    chars = {"E": "moe"}
+    config_name = "moe"
+    Config = MoEConfig
+    role = "ffn"
+
     def __init__(
         self, d_model, d_ff, n_experts, top_k, activation="silu", gated=True, bias=False, normalize_top_k=False
     ):
@@ -43,7 +75,7 @@ class MoE(nn.Module):
         moe = config.moe
         return cls(
             config.d_model,
-            moe.d_ff or config.d_ff,
+            moe.ff_width(config),
             moe.n_experts,
             moe.top_k,
             config.mlp.activation,
@@ -52,8 +84,30 @@ class MoE(nn.Module):
             moe.normalize_top_k,
         )
 
+    @classmethod
+    def describe_options(cls, config) -> str:
+        return f"moe {config.moe.top_k}/{config.moe.n_experts}"
+
     def allocate_state(self, batch_size, max_len, device, dtype):
         return None
+
+    def flops(self, seq_len: int) -> Flops:
+        """The router and the top-k experts a token uses."""
+        return Flops(linear_flops(self.router) + self.top_k * self.experts[0].flops(seq_len).dense)
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        return CacheBytes()  # per token: no state
+
+    def mixing_operators(self, x, ctx) -> list:
+        return []  # per token: no mixing along the sequence
+
+    def decay_rates(self, x, ctx) -> None:
+        return None
+
+    def active_parameters(self) -> int:
+        """The router and top_k of the experts."""
+        per_expert = sum(p.numel() for p in self.experts[0].parameters())
+        return sum(p.numel() for p in self.parameters()) - per_expert * (len(self.experts) - self.top_k)
 
     def forward(self, x: torch.Tensor, state=None, ctx=None) -> torch.Tensor:
         """x (B, N, d) -> (B, N, d); keeps the routing for `self.stats` (aux loss, monitoring)."""

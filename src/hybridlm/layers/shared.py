@@ -14,14 +14,58 @@ Zamba2 keeps `n_blocks` blocks cycled A, B, A, B ... and adds per-invocation LoR
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..cache import KVCache
 from .attention import Attention
+from .base import POSITION_BYTES, CacheBytes, Flops, Mixer, check_positive, linear_flops, require
 from .context import Context
-from .mlp import MLP
+from .mixing import MixingOperator
+from .mlp import MLP, check_activation
 from .norm import RMSNorm
+
+
+@dataclass
+class SharedConfig:
+    """The shared attention + MLP block (`S`), Zamba / Zamba2."""
+
+    n_blocks: int = 1  # Zamba2 cycles 2 blocks A, B, A, B ...
+    n_heads: int | None = None  # None: the model's n_heads
+    n_kv_heads: int | None = None  # None: n_heads of the block
+    d_ff: int | None = None  # None: the MLP's d_ff
+    activation: str = "gelu"
+    rope: bool = False
+    lora_rank: int = 0  # per-invocation LoRA adapters (Zamba2); 0 = none
+    lora_attention: bool = False  # adapters on q, k, v (needs lora_rank > 0)
+    lora_mlp: bool = True  # adapter on the MLP's gate/up projection (needs lora_rank > 0)
+    scale: float | None = None  # None: (head_dim / 2) ** -0.5 as Zamba does
+
+    def heads(self, model) -> int:
+        return self.n_heads or model.n_heads
+
+    def kv_heads(self, model) -> int:
+        return self.n_kv_heads or self.heads(model)
+
+    def head_size(self, model) -> int:
+        """The shared block attends over concat(x, embeddings): 2 * d_model split over its heads."""
+        return 2 * model.d_model // self.heads(model)
+
+    def ff_width(self, model) -> int:
+        return self.d_ff or model.mlp.width(model)
+
+    def validate(self, model, chars: str) -> None:
+        check_positive(self, "shared.", ("n_blocks", "n_heads", "n_kv_heads", "d_ff", "scale"))
+        require(self.lora_rank >= 0, f"shared.lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
+        check_activation("shared", self.activation)
+        heads, kv_heads = self.heads(model), self.kv_heads(model)
+        require(
+            "S" not in chars or (2 * model.d_model % heads == 0 and heads % kv_heads == 0),
+            f"shared block: its {heads} heads must divide 2 * d_model = {2 * model.d_model} and "
+            f"shared.n_kv_heads = {kv_heads} must divide them",
+        )
 
 
 class SharedBlock(nn.Module):
@@ -30,20 +74,20 @@ class SharedBlock(nn.Module):
     def __init__(self, config):
         super().__init__()
         options, d = config.shared, config.d_model
-        n_heads, head_dim = config.shared_heads, config.shared_head_dim
+        n_heads, head_dim = options.heads(config), options.head_size(config)
         self.input_norm = RMSNorm(2 * d, config.norm_eps, config.norm_offset)
         self.attention = Attention(
             2 * d,
             d,
             n_heads,
-            config.shared_kv_heads,
+            options.kv_heads(config),
             head_dim,
             rope=options.rope,
             rope_theta=config.attention.rope_theta,
             scale=options.scale if options.scale is not None else (head_dim / 2) ** -0.5,
         )
         self.ff_norm = RMSNorm(d, config.norm_eps, config.norm_offset)
-        self.mlp = MLP(d, options.d_ff or config.d_ff, options.activation, gated=True)
+        self.mlp = MLP(d, options.ff_width(config), options.activation, gated=True)
 
 
 def lora(d_in: int, d_out: int, rank: int) -> nn.Sequential:
@@ -53,33 +97,50 @@ def lora(d_in: int, d_out: int, rank: int) -> nn.Sequential:
     return adapter
 
 
-class SharedAttention(nn.Module):
+class SharedAttention(Mixer):
     """One `S` invocation: its own output linear (and adapters), the shared block's weights."""
 
+    chars = {"S": "shared_attention"}
+    config_name = "shared"
+    Config = SharedConfig
+    attention_chars = "S"
     pre_norm = False  # the block norms concat(x, e) itself
     feeds_next_mixer = True  # output t goes into the next mixer's input, not the residual
+    shared_attribute = "shared_blocks"  # the model holds the blocks once, as `model.shared_blocks`
 
     def __init__(self, config, block_index: int = 0):
         super().__init__()
         options, d = config.shared, config.d_model
         self.block_index = block_index
-        self.n_kv_heads, self.head_dim = config.shared_kv_heads, config.shared_head_dim
+        self.n_heads, self.n_kv_heads = options.heads(config), options.kv_heads(config)
+        self.head_dim, self.d_ff = options.head_size(config), options.ff_width(config)
         self.linear = nn.Linear(d, d, bias=False)
         rank = options.lora_rank
         if rank and options.lora_attention:
-            q_width, kv_width = config.shared_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
             self.attention_adapters = nn.ModuleList(
                 [lora(2 * d, q_width, rank), lora(2 * d, kv_width, rank), lora(2 * d, kv_width, rank)]
             )
         else:
             self.attention_adapters = None
-        d_ff = options.d_ff or config.d_ff
-        self.mlp_adapter = lora(d, 2 * d_ff, rank) if rank and options.lora_mlp else None
+        self.mlp_adapter = lora(d, 2 * self.d_ff, rank) if rank and options.lora_mlp else None
 
     @classmethod
     def from_config(cls, config, char: str = "S", ordinal: int = 0) -> SharedAttention:
         """The `ordinal`-th `S` of the pattern uses shared block ordinal % n_blocks (A, B, A, B ...)."""
         return cls(config, ordinal % config.shared.n_blocks)
+
+    @classmethod
+    def shared_modules(cls, config) -> nn.ModuleList:
+        return nn.ModuleList(SharedBlock(config) for _ in range(config.shared.n_blocks))
+
+    @classmethod
+    def describe_options(cls, config) -> str:
+        options = config.shared
+        return f"shared x{options.n_blocks}" + (f" lora={options.lora_rank}" if options.lora_rank else "")
+
+    def note(self) -> str:
+        return f", block {self.block_index}"
 
     def allocate_state(self, batch_size: int, max_len, device, dtype) -> KVCache:
         """This invocation's own keys and values (the weights are shared, the cache is not)."""
@@ -87,9 +148,46 @@ class SharedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, state, ctx: Context) -> torch.Tensor:
         """x (b, l, d) the residual stream -> t (b, l, d)."""
-        block = ctx.shared_blocks[self.block_index]
+        block = ctx.shared[self.shared_attribute][self.block_index]
         s = block.input_norm(torch.cat([x, ctx.embeddings], dim=-1))
-        a = block.attention(s, state, ctx, adapters=self.attention_adapters)
-        a_normed = block.ff_norm(a)
-        delta = self.mlp_adapter(a_normed) if self.mlp_adapter is not None else None
-        return self.linear(block.mlp(a_normed, gate_up_delta=delta))
+        return self._after_attention(block, block.attention(s, state, ctx, adapters=self.attention_adapters))
+
+    def _after_attention(self, block: SharedBlock, attended: torch.Tensor) -> torch.Tensor:
+        normed = block.ff_norm(attended)
+        delta = self.mlp_adapter(normed) if self.mlp_adapter is not None else None
+        return self.linear(block.mlp(normed, gate_up_delta=delta))
+
+    def flops(self, seq_len: int) -> Flops:
+        """One invocation: attention reading [x, e] (2d), the block's gated MLP, the adapters and the
+        output linear; QK^T and PV over the N(N+1)/2 causal pairs, 4 * H * D each."""
+        d = self.linear.in_features
+        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        attention = 2 * (2 * d * q_width + 2 * 2 * d * kv_width + q_width * d)
+        dense = attention + 3 * 2 * d * self.d_ff + linear_flops(self.linear)
+        adapters = [*(self.attention_adapters or ()), *([self.mlp_adapter] if self.mlp_adapter is not None else [])]
+        dense += sum(linear_flops(linear) for adapter in adapters for linear in adapter)
+        per_pair = 4 * self.n_heads * self.head_dim
+        return Flops(dense, per_pair * seq_len * (seq_len + 1) // 2, per_pair * seq_len)
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        """This invocation's own keys and values (N slots) and their positions."""
+        kv = 2 * batch * seq_len * self.n_kv_heads * self.head_dim * dtype_bytes
+        simplified = 2 * batch * seq_len * self.linear.out_features * dtype_bytes
+        return CacheBytes(kv=kv, slots=batch * seq_len * POSITION_BYTES, paper_kv=kv, simplified=simplified)
+
+    def mixing_operators(self, x: torch.Tensor, ctx: Context) -> list[MixingOperator]:
+        """The block's attention on [x, embeddings], then its MLP and this invocation's output linear."""
+        block = ctx.shared[self.shared_attribute][self.block_index]
+        s = block.input_norm(torch.cat([x, ctx.embeddings[:1]], dim=-1))
+        return [
+            block.attention.operator(
+                s,
+                ctx,
+                "shared_attention",
+                self.attention_adapters,
+                lambda attended: self._after_attention(block, attended),
+            )
+        ]
+
+    def decay_rates(self, x, ctx) -> None:
+        return None

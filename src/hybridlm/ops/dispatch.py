@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from . import cuda_kernels
 from .causal_conv import causal_conv1d_ref, conv_state_after
 from .fftconv import modal_recurrence_ref
@@ -124,17 +124,18 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, initial_state=None):
     return (y if z is None else y * F.silu(z)), final_state
 
 
-def mamba_decode_step(mixer, x_in, z, state):
-    """One Mamba-1 token (conv, projections, scan, gate) in one numba call, updating `state` in place:
+def mamba_decode_step(x_in, z, conv_state, ssm_state, weights: dict):
+    """One Mamba-1 token (conv, projections, scan, gate) in one numba call, updating the states in place:
     y (b, 1, d_in), or None where it does not apply (another backend, more than one token, autograd
-    on, or a cache that is not contiguous float32); the caller then runs its layer code."""
+    on, or states that are not contiguous float32); the caller then runs its layer code.
+    `weights`: the tensors `ops.mamba_step_cpu.mamba_decode_step` names, by keyword."""
     if backend_for(x_in) != "numba" or x_in.shape[1] != 1 or torch.is_grad_enabled():
         return None
-    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
+    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, ssm_state)):
         return None
     from .mamba_step_cpu import mamba_decode_step as fused_step
 
-    return fused_step(mixer, x_in, z, state)
+    return fused_step(x_in, z, conv_state, ssm_state, **weights)
 
 
 def rglru_scan(x, gate_i, gate_r, log_a_scale, reset, initial_state=None):

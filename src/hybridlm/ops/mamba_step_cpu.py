@@ -89,59 +89,63 @@ def _step(
                 out[row, c] = y * z[row, c] * sigmoid(z[row, c])
 
 
-_WEIGHT_ARRAYS = weakref.WeakKeyDictionary()  # mixer -> (key, numpy arrays of its weights)
+_WEIGHT_ARRAYS: dict = {}  # id(x_proj weight) -> (key, numpy arrays of the step's weights); dropped with it
 
 
-def _weight_arrays(mixer) -> tuple:
+def _weight_arrays(conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, norm_weights, norm_eps) -> tuple:
     """The step's weights as numpy arrays (views when float32) and A = -exp(A_log), kept between
     tokens: handing a dozen parameters to numba costs ~35 eager ops, more than the step itself.
-    Rebuilt when a parameter is replaced (new storage) or modified in place (its version moves)."""
-    conv, options = mixer.conv, mixer.options
-    norms = (mixer.dt_norm, mixer.B_norm, mixer.C_norm) if options.inner_norms else ()
-    parameters = [conv.weight, conv.bias, mixer.x_proj_weight, mixer.dt_proj_weight, mixer.dt_proj_bias]
-    parameters += [mixer.A_log, mixer.D] + [norm.weight for norm in norms]
+    Rebuilt when a weight is replaced (new storage) or modified in place (its version moves)."""
+    norms = tuple(norm_weights or ())
+    parameters = [conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, *norms]
     key = tuple((p.data_ptr(), p._version) for p in parameters if p is not None)
-    cached = _WEIGHT_ARRAYS.get(mixer)
+    cached = _WEIGHT_ARRAYS.get(id(x_proj))
     if cached is not None and cached[0] == key:
         return cached[1]
-    channels = conv.weight.shape[0]
-    norm_arrays = [as_array(norm.weight) for norm in norms] or [np.ones(0, np.float32)] * 3
+    if cached is None:  # tensors compare elementwise, so they key by id, forgotten when the weight is freed
+        weakref.finalize(x_proj, _WEIGHT_ARRAYS.pop, id(x_proj), None)
+    channels = conv_weight.shape[0]
+    norm_arrays = [as_array(weight) for weight in norms] or [np.ones(0, np.float32)] * 3
     arrays = (
-        as_array(conv.weight.reshape(channels, -1)),
-        as_array(conv.bias) if conv.bias is not None else np.zeros(channels, np.float32),
-        as_array(mixer.x_proj_weight),
-        as_array(mixer.dt_proj_weight),
-        as_array(mixer.dt_proj_bias),
-        bool(options.inner_norms),
+        as_array(conv_weight.reshape(channels, -1)),
+        as_array(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
+        as_array(x_proj),
+        as_array(dt_proj),
+        as_array(dt_bias),
+        bool(norms),
         *norm_arrays,
-        np.float32(mixer.dt_norm.eps if norms else 0.0),
-        as_array(-torch.exp(mixer.A_log.detach().float())),
-        as_array(mixer.D),
+        np.float32(norm_eps if norms else 0.0),
+        as_array(-torch.exp(A_log.detach().float())),
+        as_array(D),
     )
-    _WEIGHT_ARRAYS[mixer] = (key, arrays)
+    _WEIGHT_ARRAYS[id(x_proj)] = (key, arrays)
     return arrays
 
 
-def mamba_decode_step(mixer, x_in, z, state) -> torch.Tensor:
-    """x_in, z (b, 1, d_in) -> y (b, 1, d_in) fp32; updates state.conv and state.ssm in place.
-
-    `mixer` is a layers.mamba.Mamba; its cache tensors must be float32 and contiguous."""
+def mamba_decode_step(
+    x_in, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, norm_weights, norm_eps
+) -> torch.Tensor:
+    """x_in, z (b, 1, d_in) -> y (b, 1, d_in) fp32; updates conv_state (b, d_in, k-1) and ssm_state
+    (b, d_in, n) in place (both float32 and contiguous). Weights as layers/mamba.py holds them:
+    conv (d_in, 1, k), x_proj (g, r + 2n, w), dt_proj (g, w, r), dt_bias (g, w), A_log (d_in, n),
+    D (d_in,); `norm_weights` (dt, B, C) RMSNorm weights with `inner_norms`, else None."""
     batch, _, channels = x_in.shape
-    conv_weight, conv_bias, x_proj, dt_proj, dt_bias, *norms_and_eps, A, D = _weight_arrays(mixer)
+    arrays = _weight_arrays(conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, norm_weights, norm_eps)
+    conv_w, conv_b, x_proj_a, dt_proj_a, dt_bias_a, *norms_and_eps, A, D_a = arrays
     out = torch.empty(batch, channels, dtype=torch.float32)
     _step(
         as_array(x_in.reshape(batch, channels)),
         as_array(z.reshape(batch, channels)),
-        state.conv.numpy(),
-        conv_weight,
-        conv_bias,
-        x_proj,
-        dt_proj,
-        dt_bias,
+        conv_state.numpy(),
+        conv_w,
+        conv_b,
+        x_proj_a,
+        dt_proj_a,
+        dt_bias_a,
         *norms_and_eps,
         A,
-        D,
-        state.ssm.numpy(),
+        D_a,
+        ssm_state.numpy(),
         out.numpy(),
     )
     return out.view(batch, 1, channels)

@@ -14,6 +14,7 @@ float32 order): a decay that small is zero for every purpose here.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import types as pytypes
 
@@ -94,7 +95,17 @@ def as_array(t: torch.Tensor) -> np.ndarray:
         t = t.float()
     if not t.is_contiguous():
         t = t.contiguous()
-    return (t.detach() if t.requires_grad else t).numpy()
+    if t.requires_grad:  # a parameter, or computed from one: view its memory without `numpy()`, which
+        return _pointer_view(t.detach())  # pins a storage's size (FSDP2 frees and regrows parameters in place)
+    return t.numpy()
+
+
+def _pointer_view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous float32 CPU tensor through its data pointer; valid while `t` lives."""
+    if t.numel() == 0:
+        return np.empty(t.shape, dtype=np.float32)
+    buffer = (ctypes.c_float * t.numel()).from_address(t.data_ptr())
+    return np.ctypeslib.as_array(buffer).reshape(t.shape)
 
 
 class Kernel:
