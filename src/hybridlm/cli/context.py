@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 
-from ..config import ConfigError, parse_override
-from .common import format_table
-from .train import _typed
+from ..config import ConfigError
+from .common import format_table, task_settings
 
 HELP = "k_T (effective context length) and r_T (content vs position dependence) of a saved model on a task"
 
@@ -43,7 +42,7 @@ def run(args) -> None:
     if task == "text":
         raise ConfigError("k_T and r_T here are measured on synthetic tasks; for text use `hybridlm analyze`")
     settings = trained.get("task_settings", {}) if task == trained.get("task") else {}
-    settings.update(dict(_typed(parse_override(item)) for item in args.task_set))
+    settings.update(task_settings(args.task_set))
     data = make_task(task, **settings)
     if data.vocab_size > model.config.vocab_size:
         raise ConfigError(

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import ConfigError, parse_override
-from .common import format_table
-from .train import _typed
+from ..config import ConfigError
+from .common import format_table, task_settings
 
 HELP = "perplexity (by position) on text, or synthetic-task accuracy, of a saved model"
 
@@ -25,8 +24,12 @@ def add_arguments(parser) -> None:
         "--task", help="mqar | passkey | phonebook | copy | induction | lag | text (default: the training task)"
     )
     parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--data", help="text file or directory (task text)")
+    parser.add_argument(
+        "--data",
+        help="task text: a text file, folder or token shards, scored whole (default: the run's validation split)",
+    )
     parser.add_argument("--seq-len", type=int, help="text window (default: the training one)")
+    parser.add_argument("--stride", type=int, help="text: tokens between window starts (default: seq-len)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=16, help="test batches (text: windows / batch size)")
     parser.add_argument("--seed", type=int, default=0)
@@ -43,9 +46,6 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     from ..checkpoint import load
     from ..data.synthetic import make_task
-    from ..data.text import TextData
-    from ..data.tokenizer import load_tokenizer
-    from ..evaluate import loss_by_position, perplexity_by_position
 
     model = load(args.directory)
     trained = _training_settings(args.directory)
@@ -53,25 +53,10 @@ def run(args) -> None:
     if args.grid and task not in GRID_LENGTH:
         raise ConfigError(f"--grid is for the depth-controlled tasks {' and '.join(GRID_LENGTH)}, not {task}")
     if task == "text":
-        path = args.data or trained.get("text_path")
-        if not path:
-            raise ConfigError("task text needs --data PATH")
-        tokenizer = load_tokenizer(args.directory)
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ConfigError(
-                f"the tokenizer has {tokenizer.vocab_size} ids, the model has vocab_size {model.config.vocab_size}"
-            )
-        text = TextData.from_path(path, tokenizer)
-        seq_len = args.seq_len or trained.get("seq_len") or 256
-        position_loss = loss_by_position(model, text, seq_len, args.batch_size, args.batches)
-        result = {
-            "task": "text",
-            "ppl": float(position_loss.mean().exp()),
-            "by_position": perplexity_by_position(position_loss),
-        }
+        result = _text(model, args, trained)
     else:
         settings = trained.get("task_settings", {}) if task == trained.get("task") else {}
-        settings.update(dict(_typed(parse_override(item)) for item in args.task_set))
+        settings.update(task_settings(args.task_set))
         data = make_task(task, **settings)
         if data.vocab_size > model.config.vocab_size:
             raise ConfigError(
@@ -81,14 +66,55 @@ def run(args) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     elif task == "text":
-        print(f"perplexity {result['ppl']:.3f} over {len(position_loss)}-token windows; by position:")
-        print(
-            format_table(
-                ["positions", "ppl"], [[f"{b['from']}-{b['to']}", f"{b['ppl']:.3f}"] for b in result["by_position"]]
-            )
-        )
+        print(_text_summary(result))
     else:
         print(_synthetic_text(result))
+
+
+def _text(model, args, trained: dict) -> dict:
+    """Every token of --data scored once (or, without --data, the training run's validation split)."""
+
+    from ..data.text import TextData, token_stream
+    from ..data.tokenizer import load_tokenizer
+    from ..evaluate_text import score_tokens, text_report
+
+    tokenizer = load_tokenizer(args.directory)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {tokenizer.vocab_size} ids, the model has vocab_size {model.config.vocab_size}"
+        )
+    if args.data:
+        tokens, n_bytes = token_stream(args.data, tokenizer)
+        source = args.data
+    else:  # the held-out part of what the run trained on (the default corpus when it named none)
+        tokens = TextData.from_path(trained.get("text_path"), tokenizer).validation
+        n_bytes = len(tokenizer.decode([int(t) for t in tokens]).encode("utf-8"))
+        source = f"the validation split of {trained.get('text_path') or 'the default corpus'}"
+    seq_len = args.seq_len or trained.get("seq_len") or 256
+    stride = args.stride or seq_len
+    losses, positions = score_tokens(model, tokens, seq_len, stride, args.batch_size)
+    report = text_report(losses, positions, n_bytes, seq_len, stride)
+    return {"task": "text", "source": str(source), **report}
+
+
+def _text_summary(result: dict) -> str:
+    bpb = f", {result['bits_per_byte']:.4f} bits/byte" if result["bits_per_byte"] is not None else ""
+    head = (
+        f"{result['source']}: {result['tokens']:,} tokens scored ({result['bytes']:,} bytes), "
+        f"loss {result['loss']:.4f}, perplexity {result['ppl']:.3f}{bpb}; "
+        f"windows of {result['seq_len']}, stride {result['stride']}\n"
+        "perplexity by position in the window (95 % interval):"
+    )
+    rows = [
+        [
+            f"{b['from']}-{b['to']}",
+            b["tokens"],
+            f"{b['ppl']:.3f}",
+            f"{b['ppl_low']:.3f}-{b['ppl_high'] or float('inf'):.3f}",
+        ]
+        for b in result["by_position"]
+    ]
+    return head + "\n" + format_table(["positions", "tokens", "ppl", "95 % interval"], rows)
 
 
 def _training_settings(directory) -> dict:
