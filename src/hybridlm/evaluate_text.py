@@ -27,8 +27,11 @@ from .config import ConfigError
 
 
 @torch.no_grad()
-def score_tokens(model, tokens: np.ndarray, seq_len: int, stride: int | None = None, batch_size: int = 8, device="cpu"):
-    """(per-target loss (T-1,), position of each target in its window (T-1,)) over the whole stream."""
+def score_tokens(
+    model, tokens: np.ndarray, seq_len: int, stride: int | None = None, batch_size: int = 8, device="cpu", progress=None
+):
+    """(per-target loss (T-1,), position of each target in its window (T-1,)) over the whole stream.
+    `progress(done, total)` is called after each batch of windows."""
     stride = stride or seq_len
     if not 1 <= stride <= seq_len:
         raise ConfigError(f"stride {stride} must be in [1, seq_len={seq_len}]")
@@ -61,6 +64,8 @@ def score_tokens(model, tokens: np.ndarray, seq_len: int, stride: int | None = N
         for row, (start, length, first) in enumerate(group):
             losses[start + first : start + length] = token_loss[row, first:length].numpy()
             positions[start + first : start + length] = np.arange(first, length)
+        if progress is not None:
+            progress(min(index + batch_size, len(plans)), len(plans))
     return losses, positions
 
 

@@ -72,6 +72,26 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
 
 
+@dataclass
+class EvalConfig:
+    """How a saved model is evaluated (`hybridlm eval`); each field's help and range make its flag."""
+
+    task: str | None = setting(None, "a synthetic task or text (default: the one the run trained on)")
+    data: str | None = setting(
+        None, "task text: a text file, folder or token shards, scored whole (default: the run's validation split)"
+    )
+    seq_len: int | None = setting(None, "text window (default: the training one)", minimum=1)
+    stride: int | None = setting(None, "text: tokens between window starts (default: seq-len)", minimum=1)
+    batch_size: int = setting(16, "sequences per forward pass", minimum=1)
+    batches: int = setting(16, "held-out batches of a synthetic task", minimum=1)
+    seed: int = setting(0, "seed of the held-out batches", minimum=0)
+    grid: bool = setting(False, "passkey / phonebook: exact match at every depth x length")
+    depths: str = setting("0,0.25,0.5,0.75,1", "grid depths in [0, 1], comma-separated")
+    lengths: str | None = setting(
+        None, "grid lengths: passkey seq_len, phonebook n_entries (default: 1, 2, 4, 8 x the trained one)"
+    )
+
+
 def task_names() -> list[str]:
     from .data.synthetic import TASKS
 

@@ -49,7 +49,7 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(total: int, label: str):
+def progress_bar(total: int, label: str, unit: str = "step"):
     """A callback `(done, total)` drawing a bar with ETA on a terminal (tqdm); on a pipe or a file,
     None (the log lines are the record). Log lines go above the bar."""
     if not sys.stderr.isatty():
@@ -58,7 +58,7 @@ def progress_bar(total: int, label: str):
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with tqdm(total=total, desc=label, unit="step", dynamic_ncols=True) as bar, logging_redirect_tqdm():
+    with tqdm(total=total, desc=label, unit=unit, dynamic_ncols=True) as bar, logging_redirect_tqdm():
         yield _Bar(bar)
 
 

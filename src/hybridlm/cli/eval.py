@@ -13,47 +13,32 @@ import json
 from pathlib import Path
 
 from ..config import ConfigError
-from .common import format_table, task_settings
+from ..recipe import EvalConfig
+from ..settings import add_flags, build, given
+from .common import format_table, progress_bar, task_settings
 
 HELP = "perplexity (by position) on text, or synthetic-task accuracy, of a saved model"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("directory", help="a checkpoint directory")
-    parser.add_argument(
-        "--task", help="mqar | passkey | phonebook | copy | induction | lag | text (default: the training task)"
-    )
-    parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--data",
-        help="task text: a text file, folder or token shards, scored whole (default: the run's validation split)",
-    )
-    parser.add_argument("--seq-len", type=int, help="text window (default: the training one)")
-    parser.add_argument("--stride", type=int, help="text: tokens between window starts (default: seq-len)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=16, help="test batches (text: windows / batch size)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task-set", action="append", default=[], metavar="KEY=VALUE", help="task setting")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--grid", action="store_true", help="passkey / phonebook: exact match at every depth x length")
-    parser.add_argument(
-        "--depths", default="0,0.25,0.5,0.75,1", help="grid depths in [0, 1] (default 0,0.25,0.5,0.75,1)"
-    )
-    parser.add_argument(
-        "--lengths", help="grid lengths: passkey seq_len, phonebook n_entries (default: 1, 2, 4, 8 x the trained one)"
-    )
+    add_flags(parser, EvalConfig)
 
 
 def run(args) -> None:
     from ..checkpoint import load
     from ..data.synthetic import make_task
 
+    config = build(EvalConfig, given(args, EvalConfig))
     model = load(args.directory)
     trained = _training_settings(args.directory)
-    task = args.task or trained.get("task") or "mqar"
-    if args.grid and task not in GRID_LENGTH:
+    task = config.task or trained.get("task") or "mqar"
+    if config.grid and task not in GRID_LENGTH:
         raise ConfigError(f"--grid is for the depth-controlled tasks {' and '.join(GRID_LENGTH)}, not {task}")
     if task == "text":
-        result = _text(model, args, trained)
+        result = _text(model, args, config, trained)
     else:
         settings = trained.get("task_settings", {}) if task == trained.get("task") else {}
         settings.update(task_settings(args.task_set))
@@ -62,7 +47,7 @@ def run(args) -> None:
             raise ConfigError(
                 f"task {task} uses {data.vocab_size} token ids, the model has vocab_size {model.config.vocab_size}"
             )
-        result = _synthetic(model, task, data, settings, args)
+        result = _synthetic(model, task, data, settings, config)
     if args.json:
         print(json.dumps(result, indent=2))
     elif task == "text":
@@ -71,7 +56,7 @@ def run(args) -> None:
         print(_synthetic_text(result))
 
 
-def _text(model, args, trained: dict) -> dict:
+def _text(model, args, config, trained: dict) -> dict:
     """Every token of --data scored once (or, without --data, the training run's validation split)."""
 
     from ..data.text import TextData, token_stream
@@ -83,16 +68,17 @@ def _text(model, args, trained: dict) -> dict:
         raise ConfigError(
             f"the tokenizer has {tokenizer.vocab_size} ids, the model has vocab_size {model.config.vocab_size}"
         )
-    if args.data:
-        tokens, n_bytes = token_stream(args.data, tokenizer)
-        source = args.data
+    if config.data:
+        tokens, n_bytes = token_stream(config.data, tokenizer)
+        source = config.data
     else:  # the held-out part of what the run trained on (the default corpus when it named none)
         tokens = TextData.from_path(trained.get("text_path"), tokenizer).validation
         n_bytes = len(tokenizer.decode([int(t) for t in tokens]).encode("utf-8"))
         source = f"the validation split of {trained.get('text_path') or 'the default corpus'}"
-    seq_len = args.seq_len or trained.get("seq_len") or 256
-    stride = args.stride or seq_len
-    losses, positions = score_tokens(model, tokens, seq_len, stride, args.batch_size)
+    seq_len = config.seq_len or trained.get("seq_len") or 256
+    stride = config.stride or seq_len
+    with progress_bar(len(tokens) // stride + 1, "eval", "window") as bar:
+        losses, positions = score_tokens(model, tokens, seq_len, stride, config.batch_size, progress=bar)
     report = text_report(losses, positions, n_bytes, seq_len, stride)
     return {"task": "text", "source": str(source), **report}
 
@@ -127,19 +113,19 @@ def _training_settings(directory) -> dict:
 GRID_LENGTH = {"passkey": "seq_len", "phonebook": "n_entries"}  # the length axis of each grid task
 
 
-def _synthetic(model, task: str, data, settings: dict, args) -> dict:
+def _synthetic(model, task: str, data, settings: dict, config) -> dict:
     """Accuracy, exact match and buckets; with --grid, exact match at every (depth, length)."""
     import dataclasses
 
     from ..evaluate import depth_length_grid, task_report
 
-    run = {"batch_size": args.batch_size, "n_batches": args.batches, "seed": args.seed}
-    if not args.grid:
+    run = {"batch_size": config.batch_size, "n_batches": config.batches, "seed": config.seed}
+    if not config.grid:
         return {"task": task, **task_report(model, data, **run)}
     field = GRID_LENGTH[task]
     trained = getattr(data, field)
-    depths = _numbers("--depths", args.depths, float)
-    lengths = _numbers("--lengths", args.lengths, int) if args.lengths else [trained * k for k in (1, 2, 4, 8)]
+    depths = _numbers("--depths", config.depths, float)
+    lengths = _numbers("--lengths", config.lengths, int) if config.lengths else [trained * k for k in (1, 2, 4, 8)]
     base = {k: v for k, v in dataclasses.asdict(data).items() if k not in (field, "depth")}
     for value in depths:
         if not 0 <= value <= 1:
