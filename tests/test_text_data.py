@@ -116,3 +116,20 @@ def test_eval_scores_a_whole_held_out_file(tmp_path, corpus, capsys):
     assert sum(bucket["tokens"] for bucket in result["by_position"]) == result["tokens"]
     assert main(["eval", str(run), "--seq-len", "16"]) == 0  # no --data: the run's validation split
     assert "the validation split of" in capsys.readouterr().out
+
+
+def test_a_datasets_source_trains_and_evaluates(tmp_path, capsys):
+    import datasets
+
+    texts = ["first document about cats. " * 30, "second document, about dogs. " * 30]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "local"))
+    source = f"hf:{tmp_path / 'local'}"
+    argv = ["train", "A", "--size", "tiny", "--task", "text", "--data", source, "--seq-len", "16", "--steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--data", f"{source}:train", "--seq-len", "16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    n_bytes = sum(len(text.encode()) for text in texts)
+    assert result["bytes"] == n_bytes and result["tokens"] == n_bytes + 1 - 1  # one end-of-text between the two
+    code = main(["eval", str(tmp_path / "run"), "--data", f"{source}:validation"])
+    assert code == 2 and "cannot load" in capsys.readouterr().err

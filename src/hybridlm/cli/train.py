@@ -140,6 +140,7 @@ def _tokenizer(spec: str, config, model_config):
 def build_tokenizer(spec: str, data):
     """byte, bpe:VOCAB (trained on `data`: a text path, or None for the default corpus), a folder with a
     tokenizer.json; a shard folder brings its own tokenizer."""
+    from ..data.hf_datasets import HF_PREFIX, dataset_texts
     from ..data.shards import is_shard_dir
     from ..data.text import default_corpus_files, text_files
     from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_bpe
@@ -151,6 +152,8 @@ def build_tokenizer(spec: str, data):
     if spec == "byte":
         return ByteTokenizer()
     if spec.startswith("bpe:") and spec[4:].isdigit() and int(spec[4:]) > ByteTokenizer.vocab_size:
+        if data is not None and str(data).startswith(HF_PREFIX):
+            return train_bpe(dataset_texts(data), int(spec[4:]))
         files = text_files(data) if data is not None else default_corpus_files()
         return train_bpe((file.read_text(encoding="utf-8", errors="replace") for file in files), int(spec[4:]))
     if Path(spec, TOKENIZER_FILE).is_file():

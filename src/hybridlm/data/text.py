@@ -63,10 +63,15 @@ def token_dtype(vocab_size: int):
 def encode_files(files, tokenizer) -> tuple[np.ndarray, int]:
     """All files' tokens, consecutive documents separated by end-of-text, and their total UTF-8 bytes
     (so one file under the byte tokenizer gives exactly its bytes as tokens)."""
+    return encode_texts((Path(file).read_bytes() for file in files), tokenizer)
+
+
+def encode_texts(documents, tokenizer) -> tuple[np.ndarray, int]:
+    """`encode_files` for documents given as UTF-8 bytes or strings."""
     dtype = token_dtype(tokenizer.vocab_size)
     pieces, n_bytes = [], 0
-    for file in files:
-        raw = Path(file).read_bytes()
+    for document in documents:
+        raw = document.encode("utf-8") if isinstance(document, str) else document
         n_bytes += len(raw)
         if pieces and tokenizer.eos_id is not None:
             pieces.append(np.asarray([tokenizer.eos_id], dtype=dtype))
@@ -79,9 +84,13 @@ def encode_files(files, tokenizer) -> tuple[np.ndarray, int]:
 
 
 def token_stream(path, tokenizer) -> tuple[np.ndarray, int]:
-    """The whole stream of token shards or of a text file or folder, and its source bytes."""
+    """The whole stream of token shards, a `datasets` source (hf:NAME[:SPLIT]) or a text file or
+    folder, and its source bytes."""
+    from .hf_datasets import HF_PREFIX, dataset_texts
     from .shards import is_shard_dir, read_shards
 
+    if str(path).startswith(HF_PREFIX):
+        return encode_texts(dataset_texts(str(path)), tokenizer)
     if is_shard_dir(path):
         return read_shards(path, tokenizer)
     return encode_files(text_files(path), tokenizer)
@@ -97,7 +106,8 @@ class TextData:
 
     @classmethod
     def from_path(cls, path, tokenizer, val_fraction: float = 0.05) -> TextData:
-        """Shards written by `hybridlm tokenize`, a text file or folder, or (path None) the default corpus."""
+        """Shards written by `hybridlm tokenize`, hf:NAME[:SPLIT], a text file or folder, or (path None)
+        the default corpus."""
         if path is None or path == DEFAULT_CORPUS:
             return cls.default_corpus(tokenizer)
         tokens, n_bytes = token_stream(path, tokenizer)
