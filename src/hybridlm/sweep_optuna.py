@@ -95,13 +95,12 @@ def open_study(spec: dict, out, sampler: str, space: dict):
         own(out, STUDY_FILE, kind="sweep")
         storage = f"sqlite:///{Path(out).absolute() / STUDY_FILE}"
     directions = list(OBJECTIVES.values()) if sampler == "nsga2" else ["maximize"]
-    return optuna.create_study(
-        study_name=study_name(spec, sampler),
-        storage=storage,
-        sampler=make_sampler(sampler, space, spec.get("seed", 0)),
-        directions=directions,
-        load_if_exists=True,
+    study = optuna.create_study(
+        study_name=study_name(spec, sampler), storage=storage, directions=directions, load_if_exists=True
     )
+    # seeded by the sweep's seed and the trials so far: a resumed study does not replay its first proposals
+    study.sampler = make_sampler(sampler, space, spec.get("seed", 0) + 1000 * len(study.trials))
+    return study
 
 
 def run_study(spec: dict, out, sampler: str, trials: int | None, workers: int = 1, progress=None) -> list[dict]:

@@ -203,6 +203,11 @@ def plot_pareto(
 ) -> Path:
     """Quality against each cost (log x), one panel per cost, the Pareto frontier drawn through; each
     point labelled (`labels`, default its pattern), with its sd over seeds as an error bar."""
+    return _save(pareto_figure(points, costs, quality, labels), path)
+
+
+def pareto_figure(points: list[dict], costs=("train_flops_per_token", "cache_bytes"), quality="accuracy", labels=None):
+    """The figure of `plot_pareto`."""
     from .pareto import non_dominated
 
     labels = labels or [point["pattern"] for point in points]
@@ -223,7 +228,7 @@ def plot_pareto(
         axis.legend(fontsize=8)
     mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
     fig.colorbar(mappable, ax=panels[0].tolist(), label="attention ratio r")
-    return _save(fig, path)
+    return fig
 
 
 def _log_ticks(axis, values, count: int = 4) -> None:
