@@ -36,7 +36,7 @@ def run(args) -> None:
     from .. import settings
     from ..config import ConfigError
     from ..recipe import TrainConfig
-    from ..sweep import check_space, load_spec, resolve_points, run_sweep, sweep_points
+    from ..sweep import check_space, load_spec, plan_runs, resolve_points, run_sweep, sweep_points
 
     spec = load_spec(args.config)
     changes = settings.given(args, TrainConfig, skip=SKIP)
@@ -47,8 +47,11 @@ def run(args) -> None:
     if args.list:
         space = check_space(spec)
         if args.sampler == "grid":
-            for number, (overrides, config, recipe) in enumerate(resolve_points(spec), 1):
-                print(number, overrides, f"({config.pattern}, {recipe.steps} steps)")
+            plans = plan_runs(spec, sweep_points(spec), space)
+            for number, ((overrides, config, recipe), runs) in enumerate(zip(resolve_points(spec), plans), 1):
+                pruned = f"; changes nothing: {', '.join(runs[0].pruned)}" if runs[0].pruned else ""
+                print(number, overrides, f"({config.pattern}, {recipe.steps} steps, {len(runs)} seed(s){pruned})")
+            print(f"{len({run.key for runs in plans for run in runs})} runs to train")
         else:
             for axis, dimension in space.items():
                 print(f"{axis}: {json.dumps(dimension)}")
