@@ -1,5 +1,7 @@
 """Sweeps on Optuna (the `sweep` extra): grid, random, TPE and NSGA-II samplers over the sweep's
-search space, the study stored in SQLite beside results.json.
+search space, the study stored in SQLite beside results.json. The grid's points are enqueued as
+fixed trials (Optuna's GridSampler stops the study from inside `tell`, which the ask-and-tell
+loop here cannot take), so a grid study holds every point once, in grid order.
 
 A trial samples axis values; its runs (one per seed) are trained through the shared bookkeeping
 (`sweep_runs`), so a run whose key is in results.json is never trained again. The study's name is

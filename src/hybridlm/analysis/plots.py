@@ -227,7 +227,7 @@ def pareto_figure(points: list[dict], costs=("train_flops_per_token", "cache_byt
         axis.set_ylabel(quality)
         axis.legend(fontsize=8)
     mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
-    fig.colorbar(mappable, ax=panels[0].tolist(), label="attention ratio r")
+    fig.colorbar(mappable, ax=panels[0].tolist(), label="attention ratio r", pad=0.1)
     return fig
 
 
