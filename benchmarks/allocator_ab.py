@@ -6,6 +6,7 @@ python benchmarks/allocator_ab.py --preset mamba --batch 4 --seq-len 256
 import argparse
 
 from hybridlm.bench.allocator import allocator_rows
+from hybridlm.bench.machine import machine_line
 from hybridlm.bench.report import format_rows
 
 
@@ -16,6 +17,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    print(machine_line())
     print(format_rows(allocator_rows(args.preset, args.batch, args.seq_len, threads=args.threads)))
 
 

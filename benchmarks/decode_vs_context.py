@@ -10,6 +10,7 @@ import torch
 
 from hybridlm.bench.context import CONTEXT_PRESETS, CONTEXTS, context_rows, jamba_kv_rows
 from hybridlm.bench.decode_profile import decode_profile_rows
+from hybridlm.bench.machine import machine_line
 from hybridlm.bench.report import format_rows
 from hybridlm.runtime import tune_allocator
 
@@ -24,6 +25,7 @@ def main() -> None:
     tune_allocator()
     torch.set_num_threads(args.threads)
     rows = jamba_kv_rows() + context_rows(args.presets, args.contexts, steps=args.steps)
+    print(machine_line())
     print(format_rows(rows + decode_profile_rows(("mamba", "jamba", "transformer"))))
 
 

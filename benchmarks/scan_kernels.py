@@ -10,6 +10,7 @@ import argparse
 import torch
 
 from hybridlm.bench import kernels
+from hybridlm.bench.machine import machine_line
 from hybridlm.bench.report import format_rows
 from hybridlm.runtime import tune_allocator
 
@@ -25,6 +26,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = kernels.selective_scan_rows(args.lengths) + kernels.layer_rows(args.lengths)
     rows += kernels.huggingface_mixer_rows(args.hf_forward, args.hf_backward) + kernels.hyena_decode_rows()
+    print(machine_line())
     print(format_rows(rows))
 
 

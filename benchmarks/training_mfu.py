@@ -7,6 +7,7 @@ import argparse
 
 import torch
 
+from hybridlm.bench.machine import machine_line
 from hybridlm.bench.report import format_rows
 from hybridlm.bench.training import TRAINING_PRESETS, training_rows
 from hybridlm.presets import presets
@@ -23,6 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     tune_allocator()
     torch.set_num_threads(args.threads)
+    print(machine_line())
     print(format_rows(training_rows(args.presets, args.size, args.batch, args.seq_len)))
 
 

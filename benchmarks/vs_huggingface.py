@@ -7,6 +7,7 @@ import argparse
 
 import torch
 
+from hybridlm.bench.machine import machine_line
 from hybridlm.bench.models import HF_FAMILIES, model_rows
 from hybridlm.bench.report import format_rows
 from hybridlm.runtime import tune_allocator
@@ -22,6 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     tune_allocator()
     torch.set_num_threads(args.threads)
+    print(machine_line())
     print(format_rows(model_rows(args.presets, args.size, args.prefill, args.new_tokens)))
 
 

@@ -300,3 +300,8 @@ def test_a_sweep_retrains_a_point_whose_recipe_changed(tmp_path, capsys):
     assert cli(capsys, "sweep", tmp_path / "sweep.json", "--out", tmp_path / "out", "--steps", "3")[0] == 0
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [row["tokens"] for row in rows] == [2 * 4 * 16, 3 * 4 * 16]  # the 3-step recipe was trained, not reused
+
+
+def test_bad_task_settings_fail_before_the_run_directory_is_made(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", *MODEL, "--task", "mqar", "--task-set", "n_pairs=400", "--out", tmp_path / "r")
+    assert code == 2 and "MQAR needs" in err and not (tmp_path / "r").exists()

@@ -94,6 +94,8 @@ class ModelConfig:
         data = {"model_type": "hybridlm"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in PLUGIN_SECTIONS and value == PLUGIN_SECTIONS[f.name]():
+                continue  # a plugin family's untouched options: a process that never registered it can load this
             data[f.name] = _json_safe(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
         data["layer_types"] = self.layer_types
         return data
@@ -153,6 +155,9 @@ class ModelConfig:
         return ModelConfig.from_dict(data)
 
 
+PLUGIN_SECTIONS: dict[str, type] = {}  # sections of the families users registered (register_mixer)
+
+
 def add_section(name: str, cls: type) -> None:
     """Give ModelConfig a field `name` holding a `cls` (a family's options), default `cls()`.
 
@@ -202,7 +207,7 @@ def _set_dotted(data: dict, key: str, value) -> None:
         names = [f.name for f in dataclasses.fields(known[head])]
         if tail not in names:
             raise ConfigError(f"unknown field '{key}'{nearest(tail, names, prefix=head + '.')}")
-        data[head][tail] = _coerce(known[head], tail, value)
+        data.setdefault(head, {})[tail] = _coerce(known[head], tail, value)
     else:
         names = [f.name for f in dataclasses.fields(ModelConfig)]
         if head not in names:

@@ -11,7 +11,7 @@ ask its hooks. A checkpoint of such a model loads once the family is registered 
 
 from __future__ import annotations
 
-from .config import add_section
+from .config import PLUGIN_SECTIONS, add_section
 from .layers.base import Mixer
 from .layers.registry import register
 
@@ -21,4 +21,5 @@ def register_mixer(family: type[Mixer]) -> type[Mixer]:
     register(family)
     if family.Config is not None:
         add_section(family.config_name, family.Config)
+        PLUGIN_SECTIONS[family.config_name] = family.Config
     return family

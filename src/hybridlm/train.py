@@ -116,15 +116,15 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
     micro_batch_size(config.batch_size, world.size, config.grad_accum)
     resuming = run_dir.check(out, resume, overwrite) if out is not None else False
-    distributed.barrier()  # every rank has read the directory before the main one changes it
-    if out is not None and world.is_main:
-        run_dir.prepare(out, resuming)
-    distributed.barrier()
     start_step = 0
     if resuming:
         start_step = _check_resumable(out, model_config, config)
         tokenizer = load_tokenizer(out)
-    data = make_data(config, tokenizer, model_config.vocab_size)
+    data = make_data(config, tokenizer, model_config.vocab_size)  # bad task settings fail before any write
+    distributed.barrier()  # every rank has read the directory before the main one changes it
+    if out is not None and world.is_main:
+        run_dir.prepare(out, resuming)
+    distributed.barrier()
     metrics_log = MetricsLog(
         out / METRICS_FILE if out is not None and world.is_main else None,
         start_step,

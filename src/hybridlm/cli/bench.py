@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..bench.machine import machine_info, machine_line
 from ..bench.report import format_rows
 from ..config import ConfigError
 
@@ -64,6 +65,7 @@ def run(args) -> None:
         raise ConfigError("--threads must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    print(json.dumps({"machine": machine_info()}) if args.json else machine_line())
     for name in args.suites or SUITES:
         rows = suite_rows(name, args.quick, args.threads)
         if args.json:

@@ -201,3 +201,16 @@ def check_positive(section, prefix: str, names: tuple[str, ...]) -> None:
             require(value >= 1, f"{label}={value} must be an integer >= 1")
         else:
             require(math.isfinite(value) and value > 0, f"{label}={value} must be finite and > 0")
+
+
+class TokenwiseMixer(Mixer):
+    """A sub-layer that acts on each token alone (the FFNs): no state, no mixing along the sequence."""
+
+    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
+        return CacheBytes()
+
+    def mixing_operators(self, x, ctx) -> list:
+        return []
+
+    def decay_rates(self, x, ctx) -> None:
+        return None

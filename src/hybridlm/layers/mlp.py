@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CacheBytes, Flops, Mixer, check_positive, linear_flops, require
+from .base import Flops, TokenwiseMixer, check_positive, linear_flops, require
 
 ACTIVATION_FUNCTIONS = {
     "silu": F.silu,
@@ -52,7 +52,7 @@ class MLPConfig:
         check_activation("mlp", self.activation)
 
 
-class MLP(Mixer):
+class MLP(TokenwiseMixer):
     chars = {"F": "mlp"}
     config_name = "mlp"
     Config = MLPConfig
@@ -89,12 +89,3 @@ class MLP(Mixer):
         """Its two or three linears per token; nothing along the sequence."""
         linears = [self.up_proj, self.down_proj] + ([self.gate_proj] if self.gate_proj is not None else [])
         return Flops(sum(linear_flops(linear) for linear in linears))
-
-    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
-        return CacheBytes()  # per token: no state
-
-    def mixing_operators(self, x, ctx) -> list:
-        return []  # per token: no mixing along the sequence
-
-    def decay_rates(self, x, ctx) -> None:
-        return None

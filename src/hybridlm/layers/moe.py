@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import CacheBytes, Flops, Mixer, check_positive, linear_flops, require
+from .base import Flops, TokenwiseMixer, check_positive, linear_flops, require
 from .mlp import MLP
 
 
@@ -55,7 +55,7 @@ class RouterStats:
     aux: torch.Tensor  # () E * sum f_i P_i (differentiable through P)
 
 
-class MoE(Mixer):
+class MoE(TokenwiseMixer):
     chars = {"E": "moe"}
     config_name = "moe"
     Config = MoEConfig
@@ -94,15 +94,6 @@ class MoE(Mixer):
     def flops(self, seq_len: int) -> Flops:
         """The router and the top-k experts a token uses."""
         return Flops(linear_flops(self.router) + self.top_k * self.experts[0].flops(seq_len).dense)
-
-    def cache_bytes(self, seq_len: int, batch: int, dtype_bytes: int) -> CacheBytes:
-        return CacheBytes()  # per token: no state
-
-    def mixing_operators(self, x, ctx) -> list:
-        return []  # per token: no mixing along the sequence
-
-    def decay_rates(self, x, ctx) -> None:
-        return None
 
     def active_parameters(self) -> int:
         """The router and top_k of the experts."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from . import cuda_kernels
 from .causal_conv import causal_conv1d_ref, conv_state_after
+from .fftconv import STATE_DTYPE as MODAL_STATE_DTYPE
 from .fftconv import modal_recurrence_ref
 from .linear_scan import rglru_scan_ref
 from .selective_scan import selective_scan_ref
@@ -86,13 +87,22 @@ def kernels(choice: str):
 
 def backend_for(tensor: torch.Tensor) -> str:
     """ "numba", "mamba_ssm" or "reference" for a call whose main input is `tensor`."""
-    if tensor.dtype == torch.float64:
+    if tensor.dtype == torch.float64 or tensor.device.type not in ("cpu", "cuda"):
         return "reference"
-    if tensor.device.type == "cpu":
-        return kernel_choice().cpu
-    if tensor.device.type == "cuda":
-        return kernel_choice().cuda
-    return "reference"
+    return _backend_for_device(tensor.device.type)
+
+
+@torch.compiler.assume_constant_result
+def _backend_for_device(device_type: str) -> str:
+    """The process's choice for a device type; torch.compile bakes it in instead of tracing the
+    probe and its one log line (a graph break each)."""
+    return getattr(kernel_choice(), device_type)
+
+
+def _use_custom_op(*tensors) -> bool:
+    """The kernels' torch custom ops (ops/custom_ops.py) under autograd or torch.compile; eager calls
+    without gradients skip the op dispatch (a decoding step makes dozens)."""
+    return _needs_autograd(*tensors) or torch.compiler.is_compiling()
 
 
 def _needs_autograd(*tensors) -> bool:
@@ -108,15 +118,16 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, initial_state=None):
         if result is not None:
             return result[0].to(x.dtype), result[1].float()
     if backend == "numba":
-        from .selective_scan_cpu import SelectiveScanFunction, selective_scan_forward
+        from . import custom_ops
+        from .selective_scan_cpu import selective_scan_forward
 
         batch, _, channels = x.shape
         if initial_state is None:
             initial_state = x.new_zeros(batch, channels, A.shape[1], dtype=torch.float32)
         D = x.new_zeros(channels) if D is None else D
         gate = x.new_empty(0, 0, 0) if z is None else z
-        if _needs_autograd(x, dt, A, B, C, D, z, initial_state):
-            out, final_state = SelectiveScanFunction.apply(x, dt, A, B, C, D, gate, initial_state)
+        if _use_custom_op(x, dt, A, B, C, D, z, initial_state):
+            out, final_state, _ = custom_ops.selective_scan(x, dt, A, B, C, D, gate, initial_state)
         else:
             out, final_state, _ = selective_scan_forward(x, dt, A, B, C, D, gate, initial_state)
         return out.to(x.dtype), final_state
@@ -142,26 +153,28 @@ def rglru_scan(x, gate_i, gate_r, log_a_scale, reset, initial_state=None):
     """RG-LRU recurrence: all states (b, l, d) and the last (b, d), fp32. Shapes as `rglru_scan_ref`."""
     if backend_for(x) != "numba":
         return rglru_scan_ref(x, gate_i, gate_r, log_a_scale, reset, initial_state)
-    from .linear_scan_cpu import RGLRUScanFunction, rglru_scan_forward
+    from . import custom_ops
+    from .linear_scan_cpu import rglru_scan_forward
 
     if initial_state is None:
         initial_state = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
-    if _needs_autograd(x, gate_i, gate_r, log_a_scale, initial_state):
-        return RGLRUScanFunction.apply(x, gate_i, gate_r, log_a_scale, reset, initial_state)
+    if _use_custom_op(x, gate_i, gate_r, log_a_scale, initial_state):
+        return custom_ops.rglru_scan(x, gate_i, gate_r, log_a_scale, reset, initial_state)
     states = rglru_scan_forward(x, gate_i, gate_r, log_a_scale, reset, initial_state)
     return states, (states[:, -1] if states.shape[1] else initial_state.float())
 
 
 def modal_recurrence(u, poles, residue, initial_state=None):
-    """Hyena's modal recurrence: y (b, l, d) in u's dtype and the final state (b, d, m) complex64."""
+    """Hyena's modal recurrence: y (b, l, d) in u's dtype and the final state (b, d, m) complex128."""
     if backend_for(u) != "numba":
         return modal_recurrence_ref(u, poles, residue, initial_state)
-    from .modal_cpu import ModalRecurrenceFunction, modal_recurrence_forward
+    from . import custom_ops
+    from .modal_cpu import modal_recurrence_forward
 
     if initial_state is None:
-        initial_state = torch.zeros(u.shape[0], *poles.shape, dtype=torch.complex64, device=u.device)
-    if _needs_autograd(u, poles, residue, initial_state):
-        y, final_state = ModalRecurrenceFunction.apply(u, poles, residue, initial_state)
+        initial_state = torch.zeros(u.shape[0], *poles.shape, dtype=MODAL_STATE_DTYPE, device=u.device)
+    if _use_custom_op(u, poles, residue, initial_state):
+        y, final_state, _ = custom_ops.modal_recurrence(u, poles, residue, initial_state)
     else:
         y, final_state, _ = modal_recurrence_forward(u, poles, residue, initial_state)
     return y.to(u.dtype), final_state
@@ -175,10 +188,11 @@ def causal_conv1d(x, weight, bias=None, state=None, silu: bool = False):
     if backend == "mamba_ssm":
         y = cuda_kernels.causal_conv1d(x, weight, bias, state, silu)
     elif backend == "numba":
-        from .causal_conv_cpu import CausalConv1dFunction, causal_conv1d_forward
+        from . import custom_ops
+        from .causal_conv_cpu import causal_conv1d_forward
 
-        if _needs_autograd(x, weight, bias, state):
-            y = CausalConv1dFunction.apply(x, weight, bias, state, silu)
+        if _use_custom_op(x, weight, bias, state):
+            y = custom_ops.causal_conv1d(x, weight, bias, state, silu).to(x.dtype)
         else:
             y = causal_conv1d_forward(x, weight, bias, state, silu).to(x.dtype)
     if y is None:

@@ -2,8 +2,8 @@
 
 Glossary: b batch, l tokens, d channels, m modes (complex poles) per channel, q checkpoint chunk.
 
-Computes exactly `fftconv.modal_recurrence_ref` on complex64 arrays in the cache's own layout,
-so a decoding step converts nothing:
+Computes exactly `fftconv.modal_recurrence_ref` on complex128 arrays (`fftconv.STATE_DTYPE`, see
+its "Precision") in the cache's own layout, so a decoding step converts nothing:
     s_t = p * s_{t-1} + u_t          (b, d, m) complex
     y_t = Re sum_m R_m s_t[m]        (b, d)
 Decoding feeds one token per call, so the kernel runs serially (no thread start-up per token).
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from numba import njit
 
+from .fftconv import STATE_DTYPE
+
 CHUNK = 64
 
 
@@ -33,7 +35,7 @@ def _forward_kernel(u, poles, residue, state, chunk, out, checkpoints, keep_chec
             if keep_checkpoints and t % chunk == 0:
                 checkpoints[row, t // chunk] = state[row]
             for c in range(channels):
-                y = np.float32(0.0)
+                y = 0.0
                 for k in range(n_modes):
                     s = poles[c, k] * state[row, c, k] + u[row, t, c]
                     state[row, c, k] = s
@@ -47,7 +49,7 @@ def _backward_kernel(u, poles, residue, checkpoints, grad_out, grad_state, chunk
     batch, length, channels = u.shape
     n_modes = poles.shape[1]
     n_chunks = checkpoints.shape[1]
-    states = np.empty((chunk + 1, channels, n_modes), np.complex64)  # s_{t0-1} .. s_{t1-1}
+    states = np.empty((chunk + 1, channels, n_modes), np.complex128)  # s_{t0-1} .. s_{t1-1}
     for row in range(batch):
         for chunk_index in range(n_chunks - 1, -1, -1):
             t0 = chunk_index * chunk
@@ -61,7 +63,7 @@ def _backward_kernel(u, poles, residue, checkpoints, grad_out, grad_state, chunk
                 i = t - t0
                 for c in range(channels):
                     g_y = grad_out[row, t, c]
-                    g_u = np.float32(0.0)
+                    g_u = 0.0
                     for k in range(n_modes):
                         grad_residue[c, k] += g_y * np.conj(states[i + 1, c, k])
                         g = grad_state[row, c, k] + g_y * np.conj(residue[c, k])
@@ -72,22 +74,22 @@ def _backward_kernel(u, poles, residue, checkpoints, grad_out, grad_state, chunk
 
 
 def _complex_array(t: torch.Tensor) -> np.ndarray:
-    """A complex64, C-contiguous numpy view (or copy) of a CPU tensor, outside autograd."""
+    """A STATE_DTYPE, C-contiguous numpy view (or copy) of a CPU tensor, outside autograd."""
     t = t.detach().resolve_conj()
-    if t.dtype != torch.complex64:
-        t = t.to(torch.complex64)
+    if t.dtype != STATE_DTYPE:
+        t = t.to(STATE_DTYPE)
     return t.contiguous().numpy()
 
 
 def modal_recurrence_forward(u, poles, residue, initial_state, keep_checkpoints: bool = False):
     """Same contract as `modal_recurrence_ref` (initial_state required), on CPU tensors.
 
-    Returns y (b, l, d) fp32, the final state (b, d, m) complex64 and the chunk checkpoints."""
+    Returns y (b, l, d) fp32, the final state (b, d, m) STATE_DTYPE and the chunk checkpoints."""
     batch, length, channels = u.shape
-    state = initial_state.detach().to(torch.complex64, copy=True).resolve_conj().contiguous()
+    state = initial_state.detach().to(STATE_DTYPE, copy=True).resolve_conj().contiguous()
     out = torch.empty(batch, length, channels, dtype=torch.float32)
     n_chunks = -(-length // CHUNK) if keep_checkpoints else 0
-    checkpoints = torch.empty(batch, n_chunks, *poles.shape, dtype=torch.complex64)
+    checkpoints = torch.empty(batch, n_chunks, *poles.shape, dtype=STATE_DTYPE)
     _forward_kernel(
         u.detach().float().contiguous().numpy(),
         _complex_array(poles),
@@ -104,7 +106,7 @@ def modal_recurrence_forward(u, poles, residue, initial_state, keep_checkpoints:
 class ModalRecurrenceFunction(torch.autograd.Function):
     """Autograd wrapper: u (b, l, d) real; poles, residue (d, m) complex; initial state (b, d, m) complex.
 
-    Returns y (b, l, d) fp32 and the final state (b, d, m) complex64."""
+    Returns y (b, l, d) fp32 and the final state (b, d, m) STATE_DTYPE."""
 
     @staticmethod
     def forward(ctx, u, poles, residue, initial_state):
@@ -120,8 +122,8 @@ class ModalRecurrenceFunction(torch.autograd.Function):
         if grad_out is None:
             grad_out = torch.zeros(batch, length, channels)
         if grad_final is None:
-            grad_final = torch.zeros(batch, *poles.shape, dtype=torch.complex64)
-        grad_state = grad_final.detach().to(torch.complex64, copy=True).resolve_conj().contiguous()
+            grad_final = torch.zeros(batch, *poles.shape, dtype=STATE_DTYPE)
+        grad_state = grad_final.detach().to(STATE_DTYPE, copy=True).resolve_conj().contiguous()
         grad_u = torch.empty(batch, length, channels, dtype=torch.float32)
         grad_poles, grad_residue = (torch.zeros(poles.shape, dtype=torch.complex128) for _ in range(2))
         _backward_kernel(
