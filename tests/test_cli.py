@@ -142,4 +142,4 @@ def test_docs_presets_table_is_current():
 def test_demo_runs(capsys):
     code, out, _ = run(capsys, "demo", "--steps", "5")
     assert code == 0 and "128.1 GiB" in out  # Llama-2-7B's KV cache at 256K tokens, bf16 (+ slot positions)
-    assert "hybrid (R A)" in out and "max |logits(token by token) - logits(full forward)|" in out
+    assert "hybrid, SSM first" in out and "max |logits(token by token) - logits(full forward)|" in out

@@ -10,6 +10,7 @@ import torch
 import hybridlm
 from hybridlm import HybridLM, ModelConfig
 from hybridlm.cli import main
+from hybridlm.config import ConfigError
 from hybridlm.hf import save_hf
 from hybridlm.hf.common import compact_pattern
 
@@ -58,6 +59,43 @@ CASES = {  # name -> (transformers config class, its arguments besides vocab_siz
     "hawk": ("RecurrentGemmaConfig", dict(
         hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4, block_types=["recurrent"],
     )),
+    # Issue 9 item 6, each imported wrong or not at all before: an odd rotary width
+    # (int(head_dim * partial_rotary_factor) = 5 or 3: transformers rotates 6 or 4 features at theta^(-2i/5) or /3),
+    "griffin-odd-rotary": ("RecurrentGemmaConfig", dict(
+        hidden_size=40, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+        block_types=["recurrent", "attention"],
+    )),
+    "griffin-quarter-rotary": ("RecurrentGemmaConfig", dict(
+        hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+        block_types=["recurrent", "attention"],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    )),
+    "bamba-odd-rotary": ("BambaConfig", dict(
+        hidden_size=48, intermediate_size=72, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=10, attn_layer_indices=[1], mamba_n_heads=12, mamba_d_head=8, mamba_n_groups=2, mamba_d_state=8,
+        mamba_chunk_size=16,
+    )),
+    # an explicit head_dim != hidden / heads, hidden not a multiple of heads,
+    "griffin-head-dim": ("RecurrentGemmaConfig", dict(
+        hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4, head_dim=16,
+        block_types=["recurrent", "attention"],
+    )),
+    "jamba-uneven-heads": ("JambaConfig", dict(
+        hidden_size=18, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4,
+    )),
+    # untied embeddings, where transformers gives every hybrid layer its own copy of the shared block.
+    "zamba-untied": ("ZambaConfig", dict(
+        hidden_size=48, intermediate_size=72, num_attention_heads=4, num_key_value_heads=2, n_mamba_heads=2,
+        mamba_d_state=8, num_hidden_layers=6, tie_word_embeddings=False,
+        layers_block_type=["mamba", "hybrid", "mamba", "mamba", "hybrid", "mamba"],
+    )),
+    "zamba2-untied": ("Zamba2Config", dict(
+        hidden_size=48, intermediate_size=72, num_attention_heads=4, n_mamba_heads=4, mamba_d_state=8,
+        mamba_ngroups=2, chunk_size=16, num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=4,
+        use_mem_rope=True, num_hidden_layers=6, tie_word_embeddings=False,
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid", "mamba"],
+    )),
 }  # fmt: skip
 EXPECTED_PATTERNS = {
     "mamba": "M M",
@@ -69,6 +107,13 @@ EXPECTED_PATTERNS = {
     "zamba2-gqa": "D SD SD D",
     "griffin": "RF RF LF RF",
     "hawk": "RF RF",
+    "griffin-odd-rotary": "RF LF RF",
+    "griffin-quarter-rotary": "RF LF RF",
+    "bamba-odd-rotary": "DF AF DF",
+    "griffin-head-dim": "RF LF RF",
+    "jamba-uneven-heads": "MF AF",
+    "zamba-untied": "(M SM M)*2",
+    "zamba2-untied": "(D SD)*2 SD D",
 }
 
 
@@ -128,9 +173,10 @@ def test_export_reloads_in_transformers_with_the_same_logits(checkpoints, tmp_pa
     save_hf(model, tmp_path / "export")
     written = json.loads((tmp_path / "export" / "config.json").read_text())
     assert written["model_type"] == reference.config.model_type
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    reloaded, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # nothing "newly initialized"
     ids = torch.randint(0, VOCAB, (2, 24))
-    assert (hf_logits(reloaded, ids) - hf_logits(reference, ids)).abs().max().item() <= 1e-6
+    assert (hf_logits(reloaded.eval(), ids) - hf_logits(reference, ids)).abs().max().item() <= 1e-6
     with torch.no_grad():
         assert (hf_logits(reloaded, ids) - model(ids)).abs().max().item() <= 1e-4
 
@@ -255,6 +301,54 @@ def test_convert_errors_are_one_line_with_exit_2(checkpoints, tmp_path, capsys, 
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("zamba", {"num_attention_heads": 5}, "zamba: num_attention_heads=5 must divide 2 * hidden_size = 96"),
+        ("zamba2", {"num_attention_heads": 5}, "zamba2: num_attention_heads=5 must divide 2 * hidden_size = 96"),
+        ("griffin", {"lru_width": 50}, "recurrent_gemma: lru_width=50 must be a multiple of num_attention_heads=4"),
+        (
+            "griffin",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.05}},
+            "recurrent_gemma: partial_rotary_factor=0.05 with head_dim 12 rotates 0 features",
+        ),
+    ],
+)
+def test_configs_hybridlm_cannot_match_are_refused_naming_the_field(checkpoints, tmp_path, name, change, message):
+    directory = checkpoints(name)[1]
+    for file in directory.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    config = json.loads((directory / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ConfigError) as refusal:
+        hybridlm.load_hf(tmp_path)
+    assert message in str(refusal.value) and "\n" not in str(refusal.value)
+
+
+@pytest.mark.parametrize("name", ["bamba", "griffin"])
+def test_legacy_top_level_rope_fields_import_as_transformers_reads_them(checkpoints, tmp_path, name):
+    """A config.json with top-level rope_theta / partial_rotary_factor: RecurrentGemma honours the
+    fraction, Bamba overwrites it with its hard-coded 0.5; the import follows each."""
+    directory = checkpoints(name)[1]
+    for file in directory.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    config = json.loads((directory / "config.json").read_text())
+    del config["rope_parameters"]
+    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_theta": 300.0, "partial_rotary_factor": 0.75}))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        assert (hybridlm.load_hf(tmp_path)(ids) - hf_logits(reference, ids)).abs().max().item() <= 1e-4
+
+
+def test_untied_zamba_export_needs_a_block_per_hybrid_layer(tmp_path):
+    """Untied, transformers gives each hybrid layer its own shared block: one block for two is refused."""
+    config = ModelConfig(pattern="M SM M SM", d_model=32, n_heads=4, tie_embeddings=False, shared={"n_blocks": 1})
+    with pytest.raises(ConfigError, match="needs shared.n_blocks=2, not 1"):
+        save_hf(HybridLM(config), tmp_path / "out", model_type="zamba")
+    assert not (tmp_path / "out").exists()
 
 
 def test_compact_pattern_finds_the_repeat():

@@ -1,6 +1,8 @@
 """Text data: token shards round-trip and resume exactly, the default corpus, BPE sizes the model,
 and whole-stream evaluation scores every token once."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,23 @@ def test_whole_stream_scoring_counts_every_token_once(tmp_path):
     assert report["bits_per_byte"] == pytest.approx(losses.sum() / (1000 * np.log(2)))
     assert sum(bucket["tokens"] for bucket in report["by_position"]) == 332
     assert all(b["ppl_low"] <= b["ppl"] <= (b["ppl_high"] or np.inf) for b in report["by_position"])
+
+
+def test_eval_scores_a_whole_held_out_file(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    train(
+        tiny_config(pattern="A R", vocab_size=258),
+        TrainConfig(task="text", text_path=str(corpus), seq_len=16, steps=2, batch_size=4),
+        out=run,
+    )
+    held_out = tmp_path / "play.txt"
+    held_out.write_text("ACT I. Scene 1. Enter two gentlemen — ça va?\n" * 40)
+    n_bytes = len(held_out.read_bytes())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(held_out), "--seq-len", "32", "--stride", "24", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens"] == n_bytes - 1  # byte tokens; the first byte has no prediction
+    assert result["bits_per_byte"] == pytest.approx(result["loss"] * result["tokens"] / (n_bytes * np.log(2)))
+    assert sum(bucket["tokens"] for bucket in result["by_position"]) == result["tokens"]
+    assert main(["eval", str(run), "--seq-len", "16"]) == 0  # no --data: the run's validation split
+    assert "the validation split of" in capsys.readouterr().out

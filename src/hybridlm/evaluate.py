@@ -33,28 +33,92 @@ def evaluate(model, data, batch_size: int, n_batches: int, seed: int, device="cp
     return {"eval_loss": loss, "eval_accuracy": correct / max(answered, 1), "eval_ppl": math.exp(min(loss, 50))}
 
 
+def bucket_range(kind: str, value: int) -> tuple[int, int]:
+    """The bucket [from, to] holding `value`: `depth` (percent) in fifths 0-19 .. 80-100, anything
+    else (gaps, lengths) in powers of two 1, 2-3, 4-7, ..."""
+    if kind == "depth":
+        low = min(value // 20, 4) * 20
+        return low, 100 if low == 80 else low + 19
+    low = 1 << max(int(value), 1).bit_length() - 1
+    return low, 2 * low - 1
+
+
 @torch.no_grad()
-def loss_by_position(model, text, seq_len: int, batch_size: int = 8, max_batches: int | None = None, device="cpu"):
-    """Mean next-token loss at each position 0..L-1 over non-overlapping test windows: (L,) tensor."""
+def task_report(model, data, batch_size: int, n_batches: int, seed: int, device="cpu") -> dict:
+    """`evaluate` plus exact match (every answer of a sequence right: the whole passkey or phone
+    number) and accuracy per bucket of each of the task's bucket kinds (gap, depth)."""
+    was_training = model.training
     model.eval()
-    totals, count = torch.zeros(seq_len, dtype=torch.float64), 0
-    for index, batch in enumerate(text.sequential_batches(batch_size, seq_len, "test")):
-        if max_batches is not None and index >= max_batches:
-            break
-        logits = model(batch.inputs.to(device)).float()
-        losses = F.cross_entropy(logits.transpose(1, 2), batch.targets.to(device), reduction="none")  # (B, L)
-        totals += losses.sum(0).double().cpu()
-        count += losses.shape[0]
-    if count == 0:
-        raise ValueError(f"the test split is shorter than one window of {seq_len + 1} tokens")
-    return totals / count
+    total_loss, correct, answered, exact, sequences = 0.0, 0, 0, 0, 0
+    tallies: dict[str, dict[tuple[int, int], list[int]]] = {}  # kind -> range -> [answers, right, seqs, exact]
+    for index in range(n_batches):
+        batch = data.batch(batch_size, seed, index, "test")
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+        logits = model(inputs).float()
+        mask = targets != IGNORE
+        total_loss += F.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
+        right = (logits.argmax(-1) == targets) & mask
+        correct += int(right.sum())
+        answered += int(mask.sum())
+        whole = (right | ~mask).all(1) & mask.any(1)  # (B,) every answer of the sequence right
+        exact += int(whole.sum())
+        sequences += int(mask.any(1).sum())
+        for kind, values in batch.buckets.items():
+            _tally(tallies.setdefault(kind, {}), kind, values.cpu(), mask.cpu(), right.cpu(), whole.cpu())
+    model.train(was_training)
+    loss = total_loss / max(answered, 1)
+    return {
+        "eval_loss": loss,
+        "eval_accuracy": correct / max(answered, 1),
+        "eval_exact_match": exact / max(sequences, 1),
+        "eval_ppl": math.exp(min(loss, 50)),
+        "buckets": {
+            kind: [
+                {
+                    "from": low,
+                    "to": high,
+                    "answers": n,
+                    "accuracy": hits / n,
+                    **({"sequences": seqs, "exact_match": whole / seqs} if seqs else {}),
+                }
+                for (low, high), (n, hits, seqs, whole) in sorted(ranges.items())
+            ]
+            for kind, ranges in tallies.items()
+        },
+    }
 
 
-def perplexity_by_position(position_loss: torch.Tensor) -> list[dict]:
-    """Bucket per-position losses by powers of two: [{'from': 1, 'to': 1, 'ppl': ...}, {2, 3}, {4, 7} ...]."""
-    buckets, start = [], 0
-    while start < len(position_loss):
-        end = min(2 * start + 1, len(position_loss))  # positions [start, end) -> 1-based [start+1, end]
-        buckets.append({"from": start + 1, "to": end, "ppl": math.exp(float(position_loss[start:end].mean()))})
-        start = end
-    return buckets
+def _tally(ranges: dict, kind: str, values, mask, right, whole) -> None:
+    """Add one batch's answers to the per-bucket counts; a sequence whose answers all fall in one
+    bucket also counts toward that bucket's exact match."""
+    for row in range(values.shape[0]):
+        asked = mask[row].nonzero().flatten()
+        spans = {bucket_range(kind, int(values[row, p])) for p in asked}
+        for position in asked:
+            counts = ranges.setdefault(bucket_range(kind, int(values[row, position])), [0, 0, 0, 0])
+            counts[0] += 1
+            counts[1] += int(right[row, position])
+        if len(spans) == 1:
+            counts = ranges[spans.pop()]
+            counts[2] += 1
+            counts[3] += int(whole[row])
+
+
+def depth_length_grid(model, task_cls, settings: dict, depths, lengths, length_field: str, **run) -> list[dict]:
+    """Exact match and digit accuracy of a depth-controlled task at every (depth, length) cell
+    (passkey: `seq_len`; phonebook: `n_entries`); `run` holds batch_size, n_batches, seed, device."""
+    cells = []
+    for length in lengths:
+        for depth in depths:
+            task = task_cls(**{**settings, length_field: length, "depth": depth})
+            report = task_report(model, task, **run)
+            cells.append(
+                {
+                    "depth": depth,
+                    length_field: length,
+                    "seq_len": task.seq_len,
+                    "exact_match": report["eval_exact_match"],
+                    "accuracy": report["eval_accuracy"],
+                }
+            )
+    return cells

@@ -32,6 +32,7 @@ VERBS = [
     "bench",
     "demo",
     "serve",
+    "context",
 ]
 USER_ERRORS = (ConfigError, PatternError, CheckpointError, FileNotFoundError)
 

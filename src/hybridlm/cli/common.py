@@ -62,6 +62,23 @@ def progress_bar(total: int, label: str):
         yield _Bar(bar)
 
 
+def task_settings(items: list[str] | None) -> dict:
+    """`--task-set KEY=VALUE` flags as a mapping, numbers read as int or float."""
+    from ..config import parse_override
+
+    settings = {}
+    for item in items or []:
+        key, value = parse_override(item)
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        settings[key] = value
+    return settings
+
+
 def plot_path(text: str) -> str:
     """An argparse type for `--plot FILE`: refuses, before any work, a format matplotlib cannot write."""
     suffix = text.rsplit(".", 1)[-1].lower() if "." in text.rsplit("/", 1)[-1] else ""

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 
 from .. import settings
-from ..config import ConfigError, parse_override
+from ..config import ConfigError
 from ..data.tokenizer import ByteTokenizer
-from .common import add_model_flags, progress_bar
+from .common import add_model_flags, progress_bar, task_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def resolve(args):
     if args.task_set:
         changes["task_settings"] = {
             **changes.get("task_settings", {}),
-            **dict(_typed(parse_override(item)) for item in args.task_set),
+            **task_settings(args.task_set),
         }
     size = args.size or recipe.get("size", "small")
     if size == "paper":
@@ -122,16 +122,6 @@ def resolve(args):
     if target is None:
         raise ConfigError("give a model (preset, pattern or directory), a --config recipe, or --resume with --out")
     return resolve_model(target, size, overrides), train_config(changes), False
-
-
-def _typed(item: tuple[str, str]) -> tuple[str, object]:
-    key, value = item
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
 
 
 def _tokenizer(spec: str, config, model_config):

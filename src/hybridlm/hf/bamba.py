@@ -1,7 +1,8 @@
 """`bamba` (BambaForCausalLM): Mamba-2 and attention layers, each followed by a SwiGLU MLP.
 
 Layer j is attention when j is in `attn_layer_indices`, else Mamba-2: our `AF` or `DF`. Attention
-rotates the first half of head_dim (transformers hard-codes partial_rotary_factor 0.5 for Bamba) and
+rotates the first half of head_dim (transformers hard-codes partial_rotary_factor 0.5 for Bamba
+unless `rope_parameters` sets one; rounded as `common.rotary_from_hf` says) and
 `attention_bias` puts biases on q, k, v and o alike. The gated RMSNorm uses `rms_norm_eps`, and
 `hidden_act` drives both the MLP and the Mamba-2 conv, so it must be SiLU. transformers' Bamba
 gives every new token RoPE position 0 in a hand-written decode loop without `position_ids`
@@ -11,7 +12,17 @@ gives every new token RoPE position 0 in a hand-written decode loop without `pos
 from __future__ import annotations
 
 from ..config import ConfigError, ModelConfig
-from .common import compact_pattern, decoder_fields, hf_layers, require, rope_fields, rope_parameters, with_defaults
+from .common import (
+    compact_pattern,
+    decoder_fields,
+    hf_layers,
+    require,
+    rope_fields,
+    rope_parameters,
+    rotary_from_hf,
+    rotary_to_hf,
+    with_defaults,
+)
 from .rules import MAMBA2_NAMES, decoder_rules
 
 MODEL_TYPE = "bamba"
@@ -52,7 +63,10 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ConfigError("bamba: mamba_n_heads * mamba_d_head must equal mamba_expand * hidden_size")
     attention_layers = set(hf["attn_layer_indices"])
     layers = ["AF" if index in attention_layers else "DF" for index in range(hf["num_hidden_layers"])]
-    theta, fraction = rope_fields(hf, default_fraction=0.5)
+    attention_head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    theta, fraction = rope_fields(hf, default_fraction=0.5, top_level_fraction=False)
+    if attention_layers:
+        theta, fraction = rotary_from_hf(MODEL_TYPE, attention_head_dim, theta, fraction)
     return ModelConfig(
         pattern=compact_pattern(layers),
         d_model=hf["hidden_size"],
@@ -62,7 +76,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         norm_eps=hf["rms_norm_eps"],
         tie_embeddings=hf["tie_word_embeddings"],
         attention={
-            "head_dim": hf.get("head_dim"),
+            "head_dim": attention_head_dim,
             "rope": True,
             "rope_theta": theta,
             "rope_fraction": fraction,
@@ -103,7 +117,7 @@ def config_to_hf(config: ModelConfig) -> dict:
         "mamba_conv_bias": mamba2.conv_bias,
         "mamba_proj_bias": mamba2.proj_bias,
         "time_step_limit": list(mamba2.dt_limit),
-        "rope_parameters": rope_parameters(config, attention.rope_fraction),
+        "rope_parameters": rope_parameters(config, rotary_to_hf(config)),
         "attention_bias": attention.qkv_bias,
         "mlp_bias": config.mlp.bias,
     }

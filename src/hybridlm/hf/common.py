@@ -47,15 +47,61 @@ def dt_rank(hf: dict, key: str) -> int:
     return math.ceil(hf["hidden_size"] / 16) if value == "auto" else int(value)
 
 
-def rope_fields(hf: dict, default_fraction: float = 1.0) -> tuple[float, float]:
-    """(theta, partial rotary fraction) from `rope_parameters` (or legacy `rope_scaling` / top level)."""
+def rope_fields(hf: dict, default_fraction: float = 1.0, top_level_fraction: bool = True) -> tuple[float, float]:
+    """(theta, partial rotary fraction) from `rope_parameters` (or legacy `rope_scaling` / top level).
+
+    `top_level_fraction=False`: a top-level `partial_rotary_factor` is ignored (Bamba's config
+    overwrites it with its hard-coded 0.5)."""
     parameters = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = parameters.get("rope_type", parameters.get("type", "default"))
     if rope_type != "default":
         raise ConfigError(f"{hf['model_type']}: rope_type={rope_type!r} is not supported (only 'default' RoPE)")
     theta = parameters.get("rope_theta", hf.get("rope_theta", 10000.0))
-    fraction = parameters.get("partial_rotary_factor", hf.get("partial_rotary_factor", default_fraction))
+    fallback = hf.get("partial_rotary_factor", default_fraction) if top_level_fraction else default_fraction
+    fraction = parameters.get("partial_rotary_factor", fallback)
     return float(theta), float(fraction)
+
+
+def our_rotary_dim(head_dim: int, fraction: float) -> int:
+    """The features our RoPE rotates (layers/rope.py): 2 * floor(head_dim * fraction / 2)."""
+    return 2 * int(head_dim * fraction // 2)
+
+
+def _fraction_for(head_dim: int, rotated: int, exact) -> float:
+    """A fraction f with exact(f) true, preferring the plain rotated / head_dim."""
+    plain = rotated / head_dim
+    return plain if exact(plain) else min(1.0, (rotated + 0.5) / head_dim)
+
+
+def rotary_from_hf(model_type: str, head_dim: int, theta: float, fraction: float) -> tuple[float, float]:
+    """Our (rope_theta, rope_fraction) for transformers' partial RoPE.
+
+    transformers takes d = int(head_dim * partial_rotary_factor), frequencies theta^(-2i/d) for
+    i < ceil(d/2), and rotates the first 2 * ceil(d/2) features. For an even d that is our RoPE of
+    fraction d / head_dim; for an odd d it rotates r = d + 1 features with theta^(-2i/d) =
+    (theta^(r/d))^(-2i/r): our RoPE of width r and base theta^(r/d), the same function (to fp32
+    rounding of the frequencies, ~1e-7 relative)."""
+    dim = int(head_dim * fraction)
+    rotated = dim + dim % 2
+    if dim == 0 or rotated > head_dim:
+        raise ConfigError(
+            f"{model_type}: partial_rotary_factor={fraction} with head_dim {head_dim} rotates {rotated} features "
+            "(transformers needs 1 to head_dim)"
+        )
+    if rotated != dim:
+        theta = theta ** (rotated / dim)
+    if our_rotary_dim(head_dim, fraction) != rotated:
+        fraction = _fraction_for(head_dim, rotated, lambda f: our_rotary_dim(head_dim, f) == rotated)
+    return theta, fraction
+
+
+def rotary_to_hf(config: ModelConfig) -> float:
+    """The partial_rotary_factor with which transformers rotates the features ours does (an even count)."""
+    head_dim, fraction = config.attention.head_size(config), config.attention.rope_fraction
+    rotated = our_rotary_dim(head_dim, fraction)
+    if int(head_dim * fraction) == rotated or rotated == 0:  # 0: transformers cannot rotate nothing
+        return fraction
+    return _fraction_for(head_dim, rotated, lambda f: int(head_dim * f) == rotated)
 
 
 def rope_parameters(config: ModelConfig, fraction: float | None = None) -> dict:
@@ -144,9 +190,8 @@ def numerics(config: ModelConfig) -> dict:
             }
         )
         if attention.rope:
-            values.update(
-                {"attention.rope_theta": attention.rope_theta, "attention.rope_fraction": attention.rope_fraction}
-            )
+            rotary_dim = our_rotary_dim(attention.head_size(config), attention.rope_fraction)
+            values.update({"attention.rope_theta": attention.rope_theta, "attention.rotary_dim": rotary_dim})
         if "L" in chars:
             values["attention.window"] = attention.window
     if "M" in chars:

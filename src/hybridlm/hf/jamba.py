@@ -61,7 +61,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         n_kv_heads=hf["num_key_value_heads"],
         norm_eps=hf["rms_norm_eps"],
         tie_embeddings=hf["tie_word_embeddings"],
-        attention={"rope": False, "head_dim": hf.get("head_dim")},
+        attention={"rope": False, "head_dim": hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]},
         mamba={
             "d_state": hf["mamba_d_state"],
             "d_conv": hf["mamba_d_conv"],

@@ -5,7 +5,9 @@ attention). The numerics to reproduce:
 - embeddings times sqrt(hidden_size) held as a bf16 tensor (sqrt(2560) = 50.596 becomes 50.5):
   `embedding_scale` with `embedding_scale_bf16`;
 - RMSNorm weights as (1 + w) (`norm_offset`), eps 1e-6; logits soft-capped c * tanh(logits / c);
-- attention: RoPE on the first `partial_rotary_factor` (0.5) of head_dim, no q/k/v bias but an
+- attention: RoPE on the first `partial_rotary_factor` (0.5) of head_dim (rounded as transformers
+  rounds it, see `common.rotary_from_hf`), head_dim = hidden / heads unless config.json sets
+  `head_dim`, no q/k/v bias but an
   o_proj bias, a window of `attention_window_size` keys *including the query itself*
   (transformers' mask keeps key j for query i when i - window < j <= i), which is exactly our
   `attention.window`;
@@ -26,6 +28,8 @@ from .common import (
     hf_layers,
     rope_fields,
     rope_parameters,
+    rotary_from_hf,
+    rotary_to_hf,
     with_defaults,
 )
 from .rules import prefixed, rename
@@ -76,8 +80,12 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if not hf["logits_soft_cap"]:
         raise ConfigError("recurrent_gemma: logits_soft_cap must be a positive number (transformers divides by it)")
     hidden, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    lru_width = hf.get("lru_width") or hidden
+    if lru_width % n_heads:
+        raise ConfigError(f"recurrent_gemma: lru_width={lru_width} must be a multiple of num_attention_heads={n_heads}")
     cycled = (list(hf["block_types"]) * hf["num_hidden_layers"])[: hf["num_hidden_layers"]]
-    theta, fraction = rope_fields(hf, default_fraction=0.5)
+    head_dim = hf.get("head_dim") or hidden // n_heads  # transformers honours an explicit head_dim
+    theta, fraction = rotary_from_hf(MODEL_TYPE, head_dim, *rope_fields(hf, default_fraction=0.5))
     act = activation(hf, "hidden_activation")
     return ModelConfig(
         pattern=compact_pattern([BLOCK_CHARS[kind] for kind in cycled]),
@@ -92,7 +100,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         embedding_scale_bf16=True,
         logit_softcap=hf["logits_soft_cap"],
         attention={
-            "head_dim": hidden // n_heads,
+            "head_dim": head_dim,
             "rope": True,
             "rope_theta": theta,
             "rope_fraction": fraction,
@@ -101,7 +109,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             "out_bias": True,
         },
         rglru={
-            "width": hf.get("lru_width") or hidden,
+            "width": lru_width,
             "n_heads": n_heads,
             "d_conv": hf["conv1d_width"],
             "c": 8.0,
@@ -135,13 +143,14 @@ def config_to_hf(config: ModelConfig) -> dict:
         "intermediate_size": 2 * config.mlp.width(config),
         "num_attention_heads": config.n_heads,
         "num_key_value_heads": config.kv_heads,
+        "head_dim": config.attention.head_size(config),
         "lru_width": config.rglru.lru_width(config),
         "attention_window_size": attention.window,
         "conv1d_width": config.rglru.d_conv,
         "logits_soft_cap": config.logit_softcap,
         "rms_norm_eps": config.norm_eps,
         "hidden_activation": ACTIVATIONS_TO_HF[config.mlp.activation],
-        "rope_parameters": rope_parameters(config, attention.rope_fraction),
+        "rope_parameters": rope_parameters(config, rotary_to_hf(config)),
         "block_types": smallest_cycle([names[layer] for layer in layers]),
         "attention_bias": attention.qkv_bias,
         "tie_word_embeddings": config.tie_embeddings,

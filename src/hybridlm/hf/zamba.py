@@ -7,6 +7,8 @@ RMSNorm(h + t) while the residual stays h. Differences in layout from plain Mamb
 - `in_proj` rows interleave x and z (even rows x, odd rows z); ours holds [x | z] halves;
 - x_proj / dt_proj / A_log / D are per head ((H, ...) tensors); ours keeps A_log and D flat.
 The shared block is saved once, under the first hybrid layer (later copies are tied and dropped).
+transformers ties those copies only when `tie_word_embeddings` is true; otherwise every hybrid
+layer owns its block, and so does ours (`shared.n_blocks` = the number of hybrid layers).
 """
 
 from __future__ import annotations
@@ -75,9 +77,41 @@ def block_types(hf: dict, mamba_name: str) -> list[str]:
     return layers
 
 
+def shared_block_count(hf: dict, layers: list[str], tied_blocks: int) -> int:
+    """transformers ties the hybrid layers' shared blocks only under `tie_word_embeddings`
+    (`get_expanded_tied_weights_keys`); untied, each hybrid layer owns a block of its own."""
+    hybrid = sum(layer.startswith("S") for layer in layers)
+    return max(1, min(tied_blocks, hybrid) if hf["tie_word_embeddings"] else hybrid)
+
+
+def hybrid_count(config: ModelConfig) -> int:
+    return config.chars.count("S")
+
+
+def check_untied_blocks(config: ModelConfig, family: str) -> None:
+    hybrid = hybrid_count(config)
+    if not config.tie_embeddings and hybrid and config.shared.n_blocks != hybrid:
+        raise ConfigError(
+            f"{family} with tie_word_embeddings=false gives each hybrid layer its own shared block: "
+            f"needs shared.n_blocks={hybrid}, not {config.shared.n_blocks}"
+        )
+
+
+def check_shared_heads(hf: dict) -> None:
+    """Our shared block splits its 2 * hidden_size input width evenly over the heads."""
+    hidden, n_heads = hf["hidden_size"], hf["num_attention_heads"]
+    if 2 * hidden % n_heads:
+        raise ConfigError(
+            f"{hf['model_type']}: num_attention_heads={n_heads} must divide 2 * hidden_size = {2 * hidden} "
+            "(hybridlm's shared block splits its input evenly over the heads)"
+        )
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     hf = with_defaults(hf, DEFAULTS)
+    check_shared_heads(hf)
     require(hf, "hidden_mamba_act", "silu", "hybridlm's Mamba uses SiLU after the conv")
+    layers = block_types(hf, "M")
     hidden, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("attention_hidden_size", 2 * hidden) != 2 * hidden:
         raise ConfigError(
@@ -86,10 +120,11 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("attention_head_dim", 2 * hidden // n_heads) != 2 * hidden // n_heads:
         raise ConfigError("zamba: attention_head_dim must be 2 * hidden_size // num_attention_heads")
     return ModelConfig(
-        pattern=compact_pattern(block_types(hf, "M")),
+        pattern=compact_pattern(layers),
         d_model=hidden,
         vocab_size=hf["vocab_size"],
         n_heads=n_heads,
+        attention={"head_dim": 2 * hidden // n_heads},  # no plain attention layers: hidden need not divide by heads
         n_kv_heads=hf["num_key_value_heads"],
         norm_eps=hf["rms_norm_eps"],
         tie_embeddings=hf["tie_word_embeddings"],
@@ -106,7 +141,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             "n_heads": hf["n_mamba_heads"],
         },
         shared={
-            "n_blocks": 1,
+            "n_blocks": shared_block_count(hf, layers, 1),
             "n_kv_heads": hf["num_key_value_heads"],
             "d_ff": hf["intermediate_size"],
             "activation": activation(hf, "hidden_act"),
@@ -123,6 +158,7 @@ def layer_types(config: ModelConfig, mamba_char: str, family: str) -> list[str]:
 
 def config_to_hf(config: ModelConfig) -> dict:
     types = layer_types(config, "M", "zamba")
+    check_untied_blocks(config, "zamba")
     mamba, shared = config.mamba, config.shared
     return {
         "vocab_size": config.vocab_size,
@@ -187,16 +223,17 @@ def rules(config: ModelConfig, names: list[str]):
         rename("final_norm.weight", "model.final_layernorm.weight"),
     ]
     table = mamba_names(config.mamba.n_heads)
-    index, first_hybrid = 0, None
+    index, hybrid = 0, 0
+    home: dict[int, int] = {}  # shared block -> the first hybrid layer using it (block k: the k-th, untied)
     for layer, chars in enumerate(hf_layers(config, ffn=False)):
         prefix = f"model.layers.{layer}."
         if chars == "SM":
-            first_hybrid = layer if first_hybrid is None else first_hybrid
+            home.setdefault(hybrid % config.shared.n_blocks, layer)
             found.append(rename(f"layers.{index}.mixer.linear.weight", prefix + "linear.weight"))
-            index, prefix = index + 1, prefix + "mamba_decoder."
+            index, prefix, hybrid = index + 1, prefix + "mamba_decoder.", hybrid + 1
         found.append(rename(f"layers.{index}.norm.weight", prefix + "input_layernorm.weight"))
         found += prefixed(names, f"layers.{index}.mixer.", prefix + "mamba.", table)
         index += 1
-    if first_hybrid is not None:
-        found += prefixed(names, "shared_blocks.0.", f"model.layers.{first_hybrid}.shared_transf.", SHARED_NAMES)
+    for block, layer in home.items():
+        found += prefixed(names, f"shared_blocks.{block}.", f"model.layers.{layer}.shared_transf.", SHARED_NAMES)
     return found

@@ -5,9 +5,11 @@ k % num_mem_blocks (A, B, A, B ...), like our `S` ordinal. Each hybrid layer has
 on the fused MLP gate/up projection always (rank `adapter_rank`), on q, k, v when
 `use_shared_attention_adapter`. A block and every adapter slot it owns are saved once, under the
 first hybrid layer that uses the block: adapter k lives in block k % num_mem_blocks as
-`...adapter_list.{k}`. Numerics: attention scale (head_dim / 2)^-0.5, optional full-width RoPE
-(`use_mem_rope`), gated-norm eps fixed at 1e-5, conv bias always on, dt clamped to
-[time_step_min, inf) (transformers clamps only in prefill; we clamp in every path).
+`...adapter_list.{k}`. Untied (`tie_word_embeddings` false) every hybrid layer owns its block, so
+ours has one block per hybrid layer; the adapter slots a layer does not use are never read.
+Numerics: attention scale (head_dim / 2)^-0.5, optional full-width RoPE (`use_mem_rope`),
+gated-norm eps fixed at 1e-5, conv bias always on, dt clamped to [time_step_min, inf)
+(transformers clamps only in prefill; we clamp in every path).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .common import (
     with_defaults,
 )
 from .rules import MAMBA2_NAMES, Rule, prefixed, rename
-from .zamba import block_types, layer_types
+from .zamba import block_types, check_shared_heads, check_untied_blocks, layer_types, shared_block_count
 
 MODEL_TYPE = "zamba2"
 ARCHITECTURE = "Zamba2ForCausalLM"
@@ -77,20 +79,22 @@ SHARED_NAMES = {
 def config_from_hf(hf: dict) -> ModelConfig:
     hf = with_defaults(hf, DEFAULTS)
     require(hf, "add_bias_linear", False, "hybridlm's shared MLP has no biases")
+    check_shared_heads(hf)
     hidden, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     d_inner = hf["mamba_expand"] * hidden
     if d_inner % hf["n_mamba_heads"]:
         raise ConfigError("zamba2: n_mamba_heads must divide mamba_expand * hidden_size")
-    theta, _ = rope_fields(hf)
+    theta, _ = rope_fields(hf)  # transformers' Zamba2 RoPE ignores partial_rotary_factor
+    layers = block_types(hf, "D")
     return ModelConfig(
-        pattern=compact_pattern(block_types(hf, "D")),
+        pattern=compact_pattern(layers),
         d_model=hidden,
         vocab_size=hf["vocab_size"],
         n_heads=n_heads,
         n_kv_heads=hf.get("num_key_value_heads") or n_heads,
         norm_eps=hf["rms_norm_eps"],
         tie_embeddings=hf["tie_word_embeddings"],
-        attention={"rope_theta": theta},
+        attention={"rope_theta": theta, "head_dim": 2 * hidden // n_heads},  # no plain attention layers here
         mamba2={
             "d_state": hf["mamba_d_state"],
             "d_conv": hf["mamba_d_conv"],
@@ -107,7 +111,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             "norm_eps": GATED_NORM_EPS,
         },
         shared={
-            "n_blocks": hf["num_mem_blocks"],
+            "n_blocks": shared_block_count(hf, layers, hf["num_mem_blocks"]),
             "n_kv_heads": hf.get("num_key_value_heads") or n_heads,
             "d_ff": hf.get("intermediate_size") or 4 * hidden,
             "activation": activation(hf, "hidden_act"),
@@ -121,6 +125,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 def config_to_hf(config: ModelConfig) -> dict:
     types = layer_types(config, "D", "zamba2")
+    check_untied_blocks(config, "zamba2")
     mamba2, shared = config.mamba2, config.shared
     if mamba2.dt_limit[0] <= 0:
         raise ConfigError("zamba2 clamps dt at time_step_min > 0: set mamba2.dt_limit=(0.001, inf) as Zamba2 does")
