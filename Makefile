@@ -41,7 +41,7 @@ $(VENV)/.base: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base constraints.txt
-	$(BIN)/pip install -e ".[dev,hf,kernels,analysis,plot,tensorboard,datasets,serve,eval]" -c constraints.txt $(PIP_EXTRA)
+	$(BIN)/pip install -e ".[dev,hf,kernels,analysis,plot,tensorboard,datasets,serve,eval,sweep]" -c constraints.txt $(PIP_EXTRA)
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

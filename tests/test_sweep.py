@@ -1,6 +1,7 @@
 """Design-space sweeps: pattern generation, grids, Pareto frontiers, resumable runs."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,10 @@ def test_train_axes_vary_the_recipe(tmp_path):
         {"pattern": "M A", "train.steps": 1},
         {"pattern": "M A", "train.steps": 2},
     ]
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).parent.parent.glob("configs/sweep_*.json")))
+def test_every_shipped_sweep_resolves(path, capsys):
+    sampler = "grid" if "search" not in json.loads(Path(path).read_text()) else "tpe"
+    assert main(["sweep", path, "--sampler", sampler, "--list"]) == 0
+    assert capsys.readouterr().out

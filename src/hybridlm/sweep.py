@@ -1,4 +1,4 @@
-"""Design-space exploration: train a grid of hybrids on one task and report quality against cost.
+"""Design-space exploration: train a set of hybrids on one task and report quality against cost.
 
 A sweep file (JSON) names a base config, a training recipe and the axes to vary:
 
@@ -8,6 +8,8 @@ A sweep file (JSON) names a base config, a training recipe and the axes to vary:
       "hybrids": {"layers": 4, "ratios": [0, 0.25, 0.5, 1], "placements": ["spread", "bottom", "top"],
                   "ssm": "R", "attn": "A", "ffn": ""},
       "grid": {"mamba.d_state": [8, 16]},
+      "search": {"train.lr": {"log_uniform": [1e-4, 1e-2]}},
+      "seeds": [0, 1, 2],
       "cost_seq_len": 8192
     }
 
@@ -15,11 +17,13 @@ A sweep file (JSON) names a base config, a training recipe and the axes to vary:
 interleaved, `bottom`: next to the embedding, `top`: next to the head, `random`: seeded); `attn`
 may be "S", the shared block, which then feeds the SSM at its place. `grid` is a cartesian product
 of dotted config overrides (a `pattern` axis takes literal patterns; `train.<field>` axes vary
-the recipe, e.g. `train.steps` for the data term of a scaling fit). Every point is trained and
-measured: held-out loss and accuracy, parameters, FLOPs per token, cache
-bytes at `cost_seq_len`. The Pareto frontier keeps the points no other point beats on both
-quality and a cost. Rows carry `params`, `tokens`, `loss` and `attention_ratio`, the columns the
-scaling fit (`hybridlm analyze --scaling-fit`) reads.
+the recipe). `search` gives the samplers of `sweep_optuna` a search space: each axis one of
+{"choice": [...]}, {"uniform": [lo, hi]}, {"log_uniform": [lo, hi]}, {"int": [lo, hi], "step": k},
+{"log_int": [lo, hi]} (the grid runs choices only). `seeds` trains every point once per seed
+(replicates). A point is identified by `point_key`, the hash of its fully resolved model, recipe
+(seed included) and cost length; axes that change nothing for a point (`sweep_prune`) are set to
+their first value, so such points share one run. Rows carry `params`, `tokens`, `loss` and
+`attention_ratio`, the columns the scaling fit (`hybridlm analyze --scaling-fit`) reads.
 """
 
 from __future__ import annotations
@@ -28,25 +32,21 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import logging
 import random
-import time
 from pathlib import Path
 
-from .analysis.cache_size import cache_bytes
-from .analysis.flops import model_flops
-from .analysis.params import active_parameters, build_meta
 from .analysis.pareto import pareto_front as pareto_front  # re-exported: cli/sweep.py and users import it here
 from .config import ConfigError, ModelConfig
-from .ownership import check_replaceable, own
-from .pattern import attention_ratio, format_pattern
+from .pattern import format_pattern
 from .recipe import TrainConfig, replace_train_config, train_config
-from .train import train
+from .sweep_runs import RESULTS_FILE as RESULTS_FILE
+from .sweep_runs import Results, Run, train_runs
+from .sweep_runs import measure as measure  # re-exported
 
-log = logging.getLogger(__name__)
 PLACEMENTS = ("spread", "bottom", "top", "random")
-RESULTS_FILE = "results.json"
-SWEEP_KEYS = {"name", "base", "train", "hybrids", "grid", "cost_seq_len", "seed"}
+SWEEP_KEYS = {"name", "base", "train", "hybrids", "grid", "search", "seeds", "cost_seq_len", "seed"}
+DIMENSIONS = ("choice", "uniform", "log_uniform", "int", "log_int")
+SAMPLERS = ("grid", "random", "tpe", "nsga2")
 
 
 def hybrid_pattern(
@@ -73,8 +73,9 @@ def hybrid_pattern(
     return format_pattern(" ".join(words))
 
 
-def sweep_points(spec: dict) -> list[dict]:
-    """The overrides of every point: generated hybrid patterns x the grid's cartesian product."""
+def search_space(spec: dict) -> dict[str, dict]:
+    """Every axis as a dimension {"choice": values} or {kind: [lo, hi], "step": k}: the generated
+    patterns and the grid's lists as choices, then the `search` block (checked)."""
     unknown = set(spec) - SWEEP_KEYS
     if unknown:
         raise ConfigError(f"unknown sweep keys: {', '.join(sorted(unknown))} (known: {', '.join(sorted(SWEEP_KEYS))})")
@@ -87,24 +88,93 @@ def sweep_points(spec: dict) -> list[dict]:
             pattern = hybrid_pattern(hybrids["layers"], ratio, placement, seed=spec.get("seed", 0), **options)
             if pattern not in patterns:
                 patterns.append(pattern)
-    axes = ([("pattern", patterns)] if patterns else []) + list(grid.items())
-    if not axes:
-        raise ConfigError("the sweep varies nothing: give `hybrids` or a `grid`")
-    keys = [key for key, _ in axes]
-    return [dict(zip(keys, values)) for values in itertools.product(*(values for _, values in axes))]
+    space = {"pattern": {"choice": patterns}} if patterns else {}
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{axis}: give a non-empty list of values, got {values!r}")
+        space[axis] = {"choice": values}
+    for axis, dimension in spec.get("search", {}).items():
+        if axis in space:
+            raise ConfigError(f"search.{axis}: the axis is already in the grid or the hybrids")
+        space[axis] = _checked_dimension(axis, dimension)
+    if not space:
+        raise ConfigError("the sweep varies nothing: give `hybrids`, a `grid` or a `search`")
+    return space
+
+
+def _checked_dimension(axis: str, dimension) -> dict:
+    kinds = [kind for kind in DIMENSIONS if isinstance(dimension, dict) and kind in dimension]
+    extra = set(dimension) - {*DIMENSIONS, "step"} if isinstance(dimension, dict) else set()
+    if len(kinds) != 1 or extra:
+        raise ConfigError(f"search.{axis}: give one of {', '.join(DIMENSIONS)} (e.g. {{'choice': [8, 16]}})")
+    kind, values = kinds[0], dimension[kinds[0]]
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"search.{axis}.choice: give a non-empty list, got {values!r}")
+        return {"choice": values}
+    number = int if kind.endswith("int") else (int, float)
+    if not (isinstance(values, list) and len(values) == 2 and all(isinstance(v, number) for v in values)):
+        raise ConfigError(f"search.{axis}.{kind}: give [low, high] numbers, got {values!r}")
+    low, high = values
+    if not low < high or (kind.startswith("log") and low <= 0):
+        raise ConfigError(f"search.{axis}.{kind}: need {'0 < ' if kind.startswith('log') else ''}low < high")
+    return {kind: [low, high], **({"step": dimension["step"]} if "step" in dimension else {})}
+
+
+def representatives(dimension: dict) -> list:
+    """Values that stand for a dimension when checking and pruning: its choices, or its ends."""
+    return next(iter(dimension.values()))
+
+
+def sweep_points(spec: dict) -> list[dict]:
+    """The overrides of every grid point: the cartesian product of the (choice) axes."""
+    space = search_space(spec)
+    ranged = [axis for axis, dimension in space.items() if "choice" not in dimension]
+    if ranged:
+        raise ConfigError(
+            f"search axes {', '.join(ranged)} are ranges: the grid runs choices only "
+            "(use --sampler random, tpe or nsga2)"
+        )
+    keys = list(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[key]["choice"] for key in keys))]
+
+
+def base_of(spec: dict) -> tuple[ModelConfig, TrainConfig]:
+    return ModelConfig.from_dict({"pattern": "A", **spec.get("base", {})}), train_config(spec.get("train", {}))
+
+
+def resolve_point(base: ModelConfig, recipe: TrainConfig, overrides: dict) -> tuple[ModelConfig, TrainConfig]:
+    """A point's model and recipe through the same typed path as `hybridlm train`."""
+    model_overrides = {k: v for k, v in overrides.items() if not k.startswith("train.")}
+    point_recipe = replace_train_config(recipe, {k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
+    return base.with_overrides(model_overrides), point_recipe
 
 
 def resolve_points(spec: dict) -> list[tuple[dict, ModelConfig, TrainConfig]]:
-    """Every point as (its axis values, its model, its recipe), each checked by the same typed path
-    as `hybridlm train`: a typo or a bad value fails here, before anything trains."""
-    base = ModelConfig.from_dict({"pattern": "A", **spec.get("base", {})})
-    recipe = train_config(spec.get("train", {}))
-    points = []
-    for overrides in sweep_points(spec):
-        model_overrides = {k: v for k, v in overrides.items() if not k.startswith("train.")}
-        point_recipe = replace_train_config(recipe, {k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
-        points.append((overrides, base.with_overrides(model_overrides), point_recipe))
-    return points
+    """Every grid point as (its axis values, its model, its recipe), each checked by the same typed
+    path as `hybridlm train`: a typo or a bad value fails here, before anything trains."""
+    base, recipe = base_of(spec)
+    return [(overrides, *resolve_point(base, recipe, overrides)) for overrides in sweep_points(spec)]
+
+
+def check_space(spec: dict) -> dict[str, dict]:
+    """Resolve every representative value of every axis (on the first choice of the others), so a
+    typo in a search axis fails before anything trains. Returns the search space."""
+    space = search_space(spec)
+    base, recipe = base_of(spec)
+    first = {axis: representatives(dimension)[0] for axis, dimension in space.items()}
+    for axis, dimension in space.items():
+        for value in representatives(dimension):
+            resolve_point(base, recipe, {**first, axis: value})
+    seeds(spec, recipe)
+    return space
+
+
+def seeds(spec: dict, recipe: TrainConfig) -> list[int]:
+    values = spec.get("seeds", [recipe.seed])
+    if not isinstance(values, list) or not values or not all(isinstance(s, int) and s >= 0 for s in values):
+        raise ConfigError(f"seeds: give a list of integers >= 0, got {values!r}")
+    return values
 
 
 def point_key(config: ModelConfig, recipe: TrainConfig, cost_len: int) -> str:
@@ -116,63 +186,64 @@ def point_key(config: ModelConfig, recipe: TrainConfig, cost_len: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_sweep(spec: dict, out=None, progress=None) -> list[dict]:
-    """Train and measure every point; with `out`, results are appended to out/results.json as they
-    come and points already there (same resolved model and recipe) are skipped, so an interrupted
-    sweep continues where it stopped. Rows of other recipes in the file are kept."""
-    points = resolve_points(spec)
+def plan_runs(spec: dict, points: list[dict], space: dict | None = None) -> list[list[Run]]:
+    """For each point (axis values), its runs: one per seed, with the axes that change nothing for
+    it set to their first value (and named in `pruned`)."""
+    from .sweep_prune import inert_axes
+
+    space = space or search_space(spec)
+    base, recipe = base_of(spec)
     cost_len = int(spec.get("cost_seq_len", 8192))
-    results_path = Path(out) / RESULTS_FILE if out else None
-    if out is not None:
-        check_replaceable(out, "--out")
-    rows = json.loads(results_path.read_text()) if results_path and results_path.exists() else []
-    done = {row.get("key") for row in rows}
-    current = []
-    for overrides, config, point_recipe in points:
-        key = point_key(config, point_recipe, cost_len)
-        if key in done:
-            current.append(next(row for row in rows if row.get("key") == key))
-            continue
-        start = time.perf_counter()
-        result = train(config, point_recipe)
-        row = measure(config, point_recipe, cost_len, result.final_eval, overrides, time.perf_counter() - start)
-        rows.append({"key": key, **row})
-        current.append(rows[-1])
-        if results_path is not None:
-            write_results(Path(out), rows)
-        if progress is not None:
-            progress(rows[-1])
-    return current
+    plans = []
+    for overrides in points:
+        config, point_recipe = resolve_point(base, recipe, overrides)
+        pruned = inert_axes(base, point_recipe, overrides, space, cost_len)
+        effective = {axis: representatives(space[axis])[0] if axis in pruned else v for axis, v in overrides.items()}
+        config, point_recipe = resolve_point(base, recipe, effective)
+        runs = []
+        for seed in seeds(spec, recipe):
+            seeded = dataclasses.replace(point_recipe, seed=seed)
+            key = point_key(config, seeded, cost_len)
+            runs.append(Run(key, effective, config, seeded, cost_len, tuple(pruned)))
+        plans.append(runs)
+    return plans
 
 
-def write_results(out: Path, rows: list[dict]) -> None:
-    """results.json, atomically, in a directory marked as a sweep's."""
-    out.mkdir(parents=True, exist_ok=True)
-    temporary = out / f".{RESULTS_FILE}.tmp"
-    temporary.write_text(json.dumps(rows, indent=2) + "\n")
-    temporary.replace(out / RESULTS_FILE)
-    own(out, RESULTS_FILE, kind="sweep")
+def run_sweep(spec: dict, out=None, progress=None, sampler: str = "grid", trials=None, workers: int = 1) -> list[dict]:
+    """Train and measure the sweep's points, one row per run (point x seed), in point order.
+
+    `grid` trains every point (through Optuna's grid sampler when the `sweep` extra is installed,
+    else by the loop here); `random`, `tpe` and `nsga2` sample `trials` points (sweep_optuna).
+    With `out`, rows go to out/results.json as they come, keyed by `point_key`: a run already there
+    is never trained again, so an interrupted sweep continues where it stopped, and a changed
+    recipe trains anew. `workers` > 1 trains runs in that many processes."""
+    from . import sweep_optuna
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if sampler == "grid" and trials is not None:
+        raise ConfigError("--trials is for the random, tpe and nsga2 samplers: the grid trains every point")
+    if sampler != "grid" and (trials is None or trials < 1):
+        raise ConfigError(f"--sampler {sampler} needs --trials N (N >= 1)")
+    if sampler != "grid" or sweep_optuna.available():
+        return sweep_optuna.run_study(spec, out, sampler, trials, workers, progress)
+    return run_grid(spec, out, progress, workers)
 
 
-def measure(config: ModelConfig, recipe: TrainConfig, cost_len: int, final: dict, overrides: dict, seconds: float):
-    """One result row: quality, size, compute and memory of a trained point."""
-    model = build_meta(config)
-    seq_len = recipe.task_settings.get("seq_len", recipe.seq_len)
-    return {
-        "overrides": overrides,
-        "pattern": format_pattern(config.pattern),
-        "attention_ratio": attention_ratio(config.chars),
-        "params": model.num_parameters(),
-        "active_params": active_parameters(model),
-        "tokens": recipe.steps * recipe.batch_size * seq_len,
-        "loss": final["eval_loss"],
-        "accuracy": final["eval_accuracy"],
-        "train_flops_per_token": model_flops(config, seq_len).training_per_token,
-        "decode_flops_per_token": model_flops(config, cost_len).decode_per_token,
-        "cache_bytes": sum(row.total for row in cache_bytes(config, cost_len, 1, "float32")),
-        "cost_seq_len": cost_len,
-        "seconds": seconds,
-    }
+def run_grid(spec: dict, out=None, progress=None, workers: int = 1) -> list[dict]:
+    """The grid without Optuna: every point's runs, the same bookkeeping (results.json by key)."""
+    points = sweep_points(spec)
+    check_space(spec)
+    results = Results(out)
+    plans = plan_runs(spec, points)
+    runs = [run for plan in plans for run in plan]
+    rows = train_runs(runs, results, workers, progress)
+    return unique_rows(runs, rows)
+
+
+def unique_rows(runs: list[Run], rows: dict[str, dict]) -> list[dict]:
+    """The rows of `runs` in order, each key once (pruned points share a run)."""
+    return [rows[key] for key in dict.fromkeys(run.key for run in runs)]
 
 
 def load_spec(path) -> dict:

@@ -198,31 +198,58 @@ def plot_context_curve(curve, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def plot_pareto(rows: list[dict], path, costs=("train_flops_per_token", "cache_bytes"), quality="accuracy") -> Path:
-    """Quality against each cost (log x), one panel per cost, the Pareto frontier drawn through."""
-    from .pareto import pareto_front
+def plot_pareto(
+    points: list[dict], path, costs=("train_flops_per_token", "cache_bytes"), quality="accuracy", labels=None
+) -> Path:
+    """Quality against each cost (log x), one panel per cost, the Pareto frontier drawn through; each
+    point labelled (`labels`, default its pattern), with its sd over seeds as an error bar."""
+    return _save(pareto_figure(points, costs, quality, labels), path)
 
+
+def pareto_figure(points: list[dict], costs=("train_flops_per_token", "cache_bytes"), quality="accuracy", labels=None):
+    """The figure of `plot_pareto`."""
+    from .pareto import non_dominated
+
+    labels = labels or [point["pattern"] for point in points]
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(costs), figsize=(6 * len(costs), 4.2), squeeze=False)
-    for axis, cost in zip(axes[0], costs):
-        for row in rows:
-            axis.scatter(row[cost], row[quality], color=plt.cm.viridis(row["attention_ratio"]), s=30, zorder=3)
-            axis.annotate(
-                row["pattern"], (row[cost], row[quality]), fontsize=6, xytext=(3, 3), textcoords="offset points"
-            )
-        front = pareto_front(rows, cost, quality)
-        axis.step(
-            [r[cost] for r in front],
-            [r[quality] for r in front],
-            where="post",
-            color="black",
-            lw=1,
-            label="Pareto frontier",
-        )
-        axis.set_xscale("log")
+    fig, panels = plt.subplots(1, len(costs), figsize=(6 * len(costs), 4.6), squeeze=False)
+    for axis, cost in zip(panels[0], costs):
+        for point, label in zip(points, labels):
+            color = plt.cm.viridis(point["attention_ratio"])
+            spread = point.get(f"{quality}_sd", 0.0)
+            axis.errorbar(point[cost], point[quality], yerr=spread or None, fmt="o", color=color, ms=5, zorder=3)
+            axis.annotate(label, (point[cost], point[quality]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front = sorted(non_dominated(points, {quality: "maximize", cost: "minimize"}), key=lambda p: p[cost])
+        axis.step([p[cost] for p in front], [p[quality] for p in front], where="post", color="black", lw=1)
+        axis.plot([], [], color="black", lw=1, label="Pareto frontier")
+        _log_ticks(axis, [point[cost] for point in points])
         axis.set_xlabel(cost.replace("_", " "))
         axis.set_ylabel(quality)
         axis.legend(fontsize=8)
     mappable = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1))
-    fig.colorbar(mappable, ax=axes[0].tolist(), label="attention ratio r")
-    return _save(fig, path)
+    fig.colorbar(mappable, ax=panels[0].tolist(), label="attention ratio r", pad=0.1)
+    return fig
+
+
+def _log_ticks(axis, values, count: int = 4) -> None:
+    """A log x axis with at most `count` labelled ticks, geometrically spaced over the data and
+    rounded to two significant digits (matplotlib's minor labels collide on a narrow range)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    low, high = min(values), max(values)
+    axis.set_xscale("log")
+    if low > 0 and high > low:
+        axis.set_xlim(low / (high / low) ** 0.08, high * (high / low) ** 0.08)
+    ticks = sorted({float(f"{v:.2g}") for v in np.geomspace(low, high, count)}) if low > 0 else [high]
+    axis.xaxis.set_major_locator(FixedLocator(ticks))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _short(value)))
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _short(value: float) -> str:
+    """12300000 -> '12M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:.3g}"
