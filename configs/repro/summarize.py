@@ -8,6 +8,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 
 def label(overrides: dict) -> str:
@@ -22,7 +23,7 @@ def label(overrides: dict) -> str:
 
 
 def main(path: str) -> None:
-    rows = json.loads(open(path).read())
+    rows = json.loads(Path(path).read_text())
     best = {}  # (point, seed) -> best row over lr
     for row in rows:
         key = (label(row["overrides"]), row["overrides"].get("train.seed", 0))

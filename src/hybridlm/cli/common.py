@@ -6,7 +6,7 @@ import argparse
 import sys
 from contextlib import contextmanager
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..presets import SIZES
 from ..tables import format_table as format_table  # re-exported: cli modules import it from here
 
@@ -77,6 +77,33 @@ def task_settings(items: list[str] | None) -> dict:
                 pass
         settings[key] = value
     return settings
+
+
+def saved_task(model, directory, task: str, task_set: list[str] | None):
+    """(task object, its settings) for evaluating a saved model: the run's own settings when `task`
+    is the one it trained on, then `--task-set` on top; checked to fit the model's vocabulary."""
+    from ..data.synthetic import make_task
+
+    trained = training_settings(directory)
+    settings = trained.get("task_settings", {}) if task == trained.get("task") else {}
+    settings.update(task_settings(task_set))
+    data = make_task(task, **settings)
+    if data.vocab_size > model.config.vocab_size:
+        raise ConfigError(
+            f"task {task} uses {data.vocab_size} token ids, the model has vocab_size {model.config.vocab_size}"
+        )
+    return data, settings
+
+
+def training_settings(directory) -> dict:
+    """The `train_config` a run directory saved (empty for a plain checkpoint)."""
+    import json
+    from pathlib import Path
+
+    from ..run_dir import STATE_FILE
+
+    state = Path(directory) / STATE_FILE
+    return json.loads(state.read_text()).get("train_config", {}) if state.exists() else {}
 
 
 def plot_path(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ..config import ConfigError
-from .common import format_table, task_settings
+from .common import format_table, saved_task, training_settings
 
 HELP = "k_T (effective context length) and r_T (content vs position dependence) of a saved model on a task"
 
@@ -31,23 +31,15 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     from ..analysis.content_position import content_position_dependence, task_context_curve
     from ..checkpoint import load
-    from ..data.synthetic import make_task
-    from .eval import _training_settings
 
     if args.eps < 0 or args.batches < 1 or args.batch_size < 1:
         raise ConfigError("--eps must be >= 0, --batches and --batch-size >= 1")
     model = load(args.directory)
-    trained = _training_settings(args.directory)
+    trained = training_settings(args.directory)
     task = args.task or trained.get("task") or "mqar"
     if task == "text":
         raise ConfigError("k_T and r_T here are measured on synthetic tasks; for text use `hybridlm analyze`")
-    settings = trained.get("task_settings", {}) if task == trained.get("task") else {}
-    settings.update(task_settings(args.task_set))
-    data = make_task(task, **settings)
-    if data.vocab_size > model.config.vocab_size:
-        raise ConfigError(
-            f"task {task} uses {data.vocab_size} token ids, the model has vocab_size {model.config.vocab_size}"
-        )
+    data, _ = saved_task(model, args.directory, task, args.task_set)
     sample = {"n_batches": args.batches, "batch_size": args.batch_size, "seed": args.seed}
     curve = task_context_curve(model, data, eps=args.eps, **sample)
     dependence = content_position_dependence(model, data, **sample)

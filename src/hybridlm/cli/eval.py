@@ -10,12 +10,11 @@ hybridlm eval runs/passkey --task passkey --grid --lengths 256,512,1024,2048
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..config import ConfigError
 from ..recipe import EvalConfig
 from ..settings import add_flags, build, given
-from .common import format_table, progress_bar, task_settings
+from .common import format_table, progress_bar, saved_task, training_settings
 
 HELP = "perplexity (by position) on text, or synthetic-task accuracy, of a saved model"
 
@@ -29,24 +28,17 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     from ..checkpoint import load
-    from ..data.synthetic import make_task
 
     config = build(EvalConfig, given(args, EvalConfig))
     model = load(args.directory)
-    trained = _training_settings(args.directory)
+    trained = training_settings(args.directory)
     task = config.task or trained.get("task") or "mqar"
     if config.grid and task not in GRID_LENGTH:
         raise ConfigError(f"--grid is for the depth-controlled tasks {' and '.join(GRID_LENGTH)}, not {task}")
     if task == "text":
         result = _text(model, args, config, trained)
     else:
-        settings = trained.get("task_settings", {}) if task == trained.get("task") else {}
-        settings.update(task_settings(args.task_set))
-        data = make_task(task, **settings)
-        if data.vocab_size > model.config.vocab_size:
-            raise ConfigError(
-                f"task {task} uses {data.vocab_size} token ids, the model has vocab_size {model.config.vocab_size}"
-            )
+        data, settings = saved_task(model, args.directory, task, args.task_set)
         result = _synthetic(model, task, data, settings, config)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -101,13 +93,6 @@ def _text_summary(result: dict) -> str:
         for b in result["by_position"]
     ]
     return head + "\n" + format_table(["positions", "tokens", "ppl", "95 % interval"], rows)
-
-
-def _training_settings(directory) -> dict:
-    from ..train import STATE_FILE
-
-    state = Path(directory) / STATE_FILE
-    return json.loads(state.read_text()).get("train_config", {}) if state.exists() else {}
 
 
 GRID_LENGTH = {"passkey": "seq_len", "phonebook": "n_entries"}  # the length axis of each grid task
