@@ -69,6 +69,7 @@ def hybrid_pattern(
         if index not in chosen:
             words.append(ssm + ffn)
         else:
+            # the shared block is the one attention that feeds the next mixer instead of the residual (DESIGN.md)
             words.append(("S" + ssm if attn == "S" else attn) + ffn)
     return format_pattern(" ".join(words))
 

@@ -88,6 +88,7 @@ def _layer_model(pattern: str, **fields) -> HybridLM:
 def layer_rows(lengths, batch: int = 2, repeats: int = 2):
     """Whole Mamba and RG-LRU layers, forward+backward: with our kernels vs with the reference scans."""
     rows = []
+    # these benchmarks time one named family's kernels against their references: naming the family is the point
     for char, label in (("M", "Mamba layer"), ("R", "RG-LRU block")):
         mixer = _layer_model(char).layers[0].mixer
         for length in lengths:
