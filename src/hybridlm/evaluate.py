@@ -17,20 +17,8 @@ from .data.synthetic import IGNORE
 @torch.no_grad()
 def evaluate(model, data, batch_size: int, n_batches: int, seed: int, device="cpu") -> dict:
     """Mean loss, accuracy and perplexity over the answered positions of `n_batches` test batches."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, answered = 0.0, 0, 0
-    for index in range(n_batches):
-        batch = data.batch(batch_size, seed, index, "test")
-        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-        logits = model(inputs).float()
-        mask = targets != IGNORE
-        total_loss += F.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
-        correct += (logits[mask].argmax(-1) == targets[mask]).sum().item()
-        answered += int(mask.sum())
-    model.train(was_training)
-    loss = total_loss / max(answered, 1)
-    return {"eval_loss": loss, "eval_accuracy": correct / max(answered, 1), "eval_ppl": math.exp(min(loss, 50))}
+    report = task_report(model, data, batch_size, n_batches, seed, device)
+    return {key: report[key] for key in ("eval_loss", "eval_accuracy", "eval_ppl")}
 
 
 def bucket_range(kind: str, value: int) -> tuple[int, int]:
