@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import EMPTY, KVCache, State
+from ..ops.dispatch import fused_decode_applies
 from .base import (
     POSITION_BYTES,
     CacheBytes,
@@ -155,10 +156,28 @@ class Attention(Mixer):
 
     def forward(self, x: torch.Tensor, state, ctx: Context, adapters=None) -> torch.Tensor:
         """x (B, N, d_in) -> (B, N, d_out). `adapters`: optional LoRA modules added to q, k, v (Zamba2)."""
-        batch, n_new, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if adapters is not None:
             q, k, v = q + adapters[0](x), k + adapters[1](x), v + adapters[2](x)
+        return self.attend(q, k, v, state, ctx)
+
+    def decode_token(self, x: torch.Tensor, norm, state, ctx: Context) -> torch.Tensor | None:
+        """Attention of norm(x) for one token x (B, 1, d_in): the norm and [q | k | v] as one GEMV in one
+        fused call (ops/decode_cpu.py), then `attend`; None where it does not apply."""
+        if state is None or self.short_conv is not None or not fused_decode_applies(x, self, norm):
+            return None
+        from ..ops import decode_cpu
+
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, projections))
+        if weights is None:
+            return None
+        q, k, v = decode_cpu.norm_project(x, weights).split([p.out_features for p in projections], dim=-1)
+        return self.attend(q, k, v, state, ctx)
+
+    def attend(self, q, k, v, state, ctx: Context) -> torch.Tensor:
+        """Projected q (B, N, H D), k and v (B, N, H_kv D) -> o_proj of the attention output (B, N, d_out)."""
+        batch, n_new, _ = q.shape
         kv_state = state
         if self.short_conv is not None:
             qkv, conv_state = self.short_conv(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.dispatch import fused_decode_applies
 from .base import Flops, TokenwiseMixer, check_positive, linear_flops, require
 
 ACTIVATION_FUNCTIONS = {
@@ -84,6 +85,16 @@ class MLP(TokenwiseMixer):
             gate_delta, up_delta = gate_up_delta.chunk(2, dim=-1)
             gate, up = gate + gate_delta, up + up_delta
         return self.down_proj(self.activation(gate) * up)
+
+    def decode_token(self, x: torch.Tensor, norm, state=None, ctx=None) -> torch.Tensor | None:
+        """The MLP of norm(x) for one token x (b, 1, d) in one fused call, [gate | up] read as one
+        GEMV (ops/decode_cpu.py); None where it does not apply (the caller runs forward)."""
+        if not fused_decode_applies(x, self, norm):
+            return None
+        from ..ops import decode_cpu
+
+        weights = decode_cpu.cached_weights(self, lambda mlp: decode_cpu.mlp_weights(norm, mlp))
+        return None if weights is None else decode_cpu.mlp_step(x, weights)
 
     def flops(self, seq_len: int) -> Flops:
         """Its two or three linears per token; nothing along the sequence."""

@@ -211,3 +211,15 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
         y, final_state = cuda_kernels.ssd(x, dt, A, B, C, D, initial_state, chunk_size)
         return y, final_state.float()
     return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size=chunk_size)
+
+
+def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
+    """Whether a fused CPU decoding step (ops/decode_cpu.py, ops/mamba_step_cpu.py) may replace a
+    pre-normed sub-layer's eager ops for x (b, 1, d): numba chosen for x, one float32 token, no
+    autograd and no tracing, and no forward hooks on `modules` (probes and profilers see them run)."""
+    if x.shape[1] != 1 or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    hooks = torch.nn.modules.module
+    if backend_for(x) != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return False
+    return not any(module._forward_hooks or module._forward_pre_hooks for module in modules)
