@@ -68,7 +68,9 @@ def test_fused_decode_equals_reference_and_full_forward(name, batch, calls):
     chars = model.config.chars
     steps = tokens.shape[1] - 3
     assert calls["mamba"] == steps * chars.count("M")
-    assert calls["mlp"] == steps * chars.count("F")
+    assert calls["mlp"] >= steps * chars.count("F")  # and MoE experts (one token each) when the pattern has E
+    if "E" in chars:
+        assert calls["mlp"] > steps * chars.count("F")
     assert calls["project"] == steps * (1 + chars.count("A"))  # the LM head and each attention's q, k, v
 
 

@@ -150,7 +150,7 @@ class HybridLM(nn.Module):
         from .ops import decode_cpu
 
         norm, head = self.final_norm, self.lm_head
-        weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, (head,)))
+        weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, (head,)), norm)
         return None if weights is None else decode_cpu.norm_project(x, weights)
 
     def _positions(self, input_ids: torch.Tensor, cache: Cache | None, valid: torch.Tensor | None) -> torch.Tensor:

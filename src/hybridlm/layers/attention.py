@@ -169,7 +169,7 @@ class Attention(Mixer):
         from ..ops import decode_cpu
 
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, projections))
+        weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, projections), norm)
         if weights is None:
             return None
         q, k, v = decode_cpu.norm_project(x, weights).split([p.out_features for p in projections], dim=-1)

@@ -172,7 +172,7 @@ class Mamba(Mixer):
             return None
         from ..ops import decode_cpu, mamba_step_cpu
 
-        weights = decode_cpu.cached_weights(self, lambda mixer: mamba_step_cpu.sublayer_weights(norm, mixer))
+        weights = decode_cpu.cached_weights(self, lambda mixer: mamba_step_cpu.sublayer_weights(norm, mixer), norm)
         if weights is None:
             return None
         return mamba_step_cpu.mamba_sublayer_step(u, state.conv, state.ssm, weights)

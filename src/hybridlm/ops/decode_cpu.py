@@ -9,7 +9,8 @@ eager torch ops it pays ~1-15 us of dispatch per op (an fp32 `F.rms_norm` on a 4
 sub-layer's dense work in one numba call:
 
     norm_project   RMSNorm(x) then [W_1 | W_2 | ...] x + b   (attention's q, k, v; the LM head)
-    mlp_step       W_down act(W_gate x_hat) * (W_up x_hat)    x_hat = RMSNorm(x)  (SwiGLU, or plain)
+    mlp_step       W_down act(W_gate x_hat) * (W_up x_hat)    x_hat = RMSNorm(x)  (SwiGLU, or plain;
+                   no norm for an MoE expert, whose input the MoE's pre-norm already normed)
 
 Merged projections read their input once, as one GEMV over the stacked rows, without a stacked
 copy: the kernel walks each weight's own memory. `DecodeWeights` holds numpy views of the
@@ -63,17 +64,18 @@ class DecodeWeights:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its step's weights
 
 
-def cached_weights(owner, build):
-    """`owner`'s step weights from `build(owner)` (a tuple whose first item is a DecodeWeights, or None
-    when the step does not apply, which is not kept), kept until a parameter changes identity or storage."""
+def cached_weights(owner, build, norm=None):
+    """The step weights of `owner` (and the `norm` before it) from `build(owner)`: a tuple whose first
+    item is a DecodeWeights, or None when the step does not apply (not kept). Kept until a parameter
+    changes identity or storage, or another norm is asked for."""
     entry = _CACHE.get(owner)
-    if entry is not None and entry[0].fresh():
-        return entry[1]
+    if entry is not None and entry[0] is norm and entry[1].fresh():
+        return entry[2]
     built = build(owner)
     if built is None:
         _CACHE.pop(owner, None)
         return None
-    _CACHE[owner] = (built[0], built[1:])
+    _CACHE[owner] = (norm, built[0], built[1:])
     return built[1:]
 
 
@@ -92,7 +94,10 @@ def viewable(*tensors) -> bool:
 
 
 def norm_views(norm) -> tuple:
-    """(weight view, eps, offset) of an RMSNorm: y = x_hat * (w + offset), offset 1 for Gemma's form."""
+    """(weight view, eps, offset) of an RMSNorm: y = x_hat * (w + offset), offset 1 for Gemma's form;
+    an empty weight for no norm."""
+    if norm is None:
+        return np.zeros(0, np.float32), np.float32(0.0), np.float32(0.0)
     return weight_view(norm.weight), np.float32(norm.eps), np.float32(1.0 if norm.offset else 0.0)
 
 
@@ -138,7 +143,10 @@ def _mlp_step(x, norm_weight, eps, offset, gate, gate_bias, up, up_bias, down, d
     batch = x.shape[0]
     hidden = up.shape[0]
     normed = np.empty_like(x)
-    rms_norm_into(x, norm_weight, eps, offset, normed)
+    if norm_weight.size:
+        rms_norm_into(x, norm_weight, eps, offset, normed)
+    else:  # an MoE expert: its input is already normed
+        normed[:] = x
     up_out = np.empty((batch, hidden), np.float32)
     gemv_into(up, up_bias, normed, up_out, 0)
     if gate.size:  # SwiGLU: SiLU(W_gate x) * (W_up x)
@@ -187,10 +195,11 @@ def mlp_step(x: torch.Tensor, weights: tuple) -> torch.Tensor:
 
 
 def mlp_weights(norm, mlp) -> tuple | None:
-    """DecodeWeights and the views `mlp_step` takes; None unless the activation is SiLU."""
+    """DecodeWeights and the views `mlp_step` takes (norm None: no norm); None unless the activation is SiLU."""
     gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
     linears = [linear for linear in (gate, up, down) if linear is not None]
-    tensors = [norm.weight, *(p for linear in linears for p in (linear.weight, linear.bias))]
+    norm_weight = None if norm is None else norm.weight
+    tensors = [norm_weight, *(p for linear in linears for p in (linear.weight, linear.bias))]
     if mlp.activation is not torch.nn.functional.silu or not viewable(*tensors):
         return None
     views = []
