@@ -166,17 +166,24 @@ class Attention(Mixer):
         fused call (ops/decode_cpu.py), then `attend`; None where it does not apply."""
         if state is None or self.short_conv is not None or not fused_decode_applies(x, self, norm):
             return None
+        if self.rope is not None and self.rope.inv_freq.dtype != torch.float32:
+            return None
         from ..ops import decode_cpu
 
         projections = (self.q_proj, self.k_proj, self.v_proj)
         weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, projections), norm)
         if weights is None:
             return None
-        q, k, v = decode_cpu.norm_project(x, weights).split([p.out_features for p in projections], dim=-1)
-        return self.attend(q, k, v, state, ctx)
+        rope = None
+        if self.rope is not None:  # rotated in the same call: queries and keys are the first H + H_kv heads
+            rope = (ctx.positions, self.rope.inv_freq, self.head_dim, self.n_heads + self.n_kv_heads)
+        qkv = decode_cpu.norm_project(x, weights, rope)
+        q, k, v = qkv.split([p.out_features for p in projections], dim=-1)
+        return self.attend(q, k, v, state, ctx, rotated=True)
 
-    def attend(self, q, k, v, state, ctx: Context) -> torch.Tensor:
-        """Projected q (B, N, H D), k and v (B, N, H_kv D) -> o_proj of the attention output (B, N, d_out)."""
+    def attend(self, q, k, v, state, ctx: Context, rotated: bool = False) -> torch.Tensor:
+        """Projected q (B, N, H D), k and v (B, N, H_kv D) -> o_proj of the attention output (B, N, d_out);
+        `rotated`: RoPE is already applied to q and k."""
         batch, n_new, _ = q.shape
         kv_state = state
         if self.short_conv is not None:
@@ -190,7 +197,7 @@ class Attention(Mixer):
         q = q.view(batch, n_new, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         k = k.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = v.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
+        if self.rope is not None and not rotated:
             rotations = self.rope.rotations(ctx.positions)
             q, k = self.rope(q, rotations), self.rope(k, rotations)
         query_positions = ctx.positions if ctx.valid is None else ctx.positions.masked_fill(~ctx.valid, EMPTY)

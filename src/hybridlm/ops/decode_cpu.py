@@ -8,7 +8,8 @@ eager torch ops it pays ~1-15 us of dispatch per op (an fp32 `F.rms_norm` on a 4
 ~14 us here), which at the tiny sizes is most of a step. Each kernel here does one pre-normed
 sub-layer's dense work in one numba call:
 
-    norm_project   RMSNorm(x) then [W_1 | W_2 | ...] x + b   (attention's q, k, v; the LM head)
+    norm_project   RMSNorm(x) then [W_1 | W_2 | ...] x + b   (attention's q, k, v, then RoPE on q and k;
+                                                             the LM head)
     mlp_step       W_down act(W_gate x_hat) * (W_up x_hat)    x_hat = RMSNorm(x)  (SwiGLU, or plain;
                    no norm for an MoE expert, whose input the MoE's pre-norm already normed)
 
@@ -139,6 +140,23 @@ def _norm_project(x, norm_weight, eps, offset, weights, biases, out):
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
+def _rope_in_place(out, positions, inv_freq, head_dim, heads):
+    """Rotate-half RoPE (layers/rope.py) of the first `heads` heads of out (b, heads' * head_dim), row b
+    at positions[b]: x1 cos - x2 sin, x2 cos + x1 sin over the first 2 * len(inv_freq) features."""
+    half = inv_freq.shape[0]
+    for row in range(out.shape[0]):
+        position = np.float32(positions[row])
+        for j in range(half):
+            angle = position * inv_freq[j]
+            cos, sin = np.cos(angle), np.sin(angle)
+            for head in range(heads):
+                first = head * head_dim + j
+                a, b = out[row, first], out[row, first + half]
+                out[row, first] = a * cos - b * sin
+                out[row, first + half] = b * cos + a * sin
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
 def _mlp_step(x, norm_weight, eps, offset, gate, gate_bias, up, up_bias, down, down_bias, out):
     batch = x.shape[0]
     hidden = up.shape[0]
@@ -164,13 +182,18 @@ def _mlp_step(x, norm_weight, eps, offset, gate, gate_bias, up, up_bias, down, d
     gemv_into(down, down_bias, up_out, out, 0)
 
 
-def norm_project(x: torch.Tensor, weights: tuple) -> torch.Tensor:
+def norm_project(x: torch.Tensor, weights: tuple, rope=None) -> torch.Tensor:
     """x (b, 1, d) -> RMSNorm then the stacked projections, (b, 1, sum of o). `weights`: what
-    `projection_weights` built."""
+    `projection_weights` built. `rope` (positions (b, 1), inv_freq, head_dim, heads): rotate the
+    first `heads` heads of the output in place (attention's queries and keys, stacked)."""
     norm_weight, eps, offset, matrices, biases, width = weights
     batch = x.shape[0]
     out = torch.empty(batch, 1, width)
-    _norm_project(x.reshape(batch, -1).numpy(), norm_weight, eps, offset, matrices, biases, out.view(batch, -1).numpy())
+    rows = out.view(batch, -1).numpy()
+    _norm_project(x.reshape(batch, -1).numpy(), norm_weight, eps, offset, matrices, biases, rows)
+    if rope is not None:
+        positions, inv_freq, head_dim, heads = rope
+        _rope_in_place(rows, positions.reshape(batch).numpy(), inv_freq.numpy(), head_dim, heads)
     return out
 
 
