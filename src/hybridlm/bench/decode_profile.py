@@ -58,10 +58,12 @@ def _decode(model: HybridLM, cache, steps: int) -> float:
 
 
 def decode_profile_rows(
-    presets=("mamba", "jamba", "transformer"), size: str = "small", steps: int = 32, prompt: int = 16, rounds: int = 5
+    presets=("mamba", "jamba", "transformer"), size: str = "small", steps: int = 32, prompt: int = 16, rounds: int = 12
 ):
-    """One row per preset and path: best-of-`rounds` wall time per token, alternating the paths and the
-    bandwidth probe in one process, then one profiled run of each path."""
+    """One row per preset and path: the best of `rounds` short runs (8 tokens, about as long as the
+    bandwidth probe, so that both have the same chance of a quiet moment on a shared machine) of
+    wall time per token, alternating the paths and the probe in one process; then one profiled run
+    of `steps` tokens per path for the op counts."""
     rows = []
     for preset in presets:
         torch.manual_seed(0)
@@ -72,14 +74,14 @@ def decode_profile_rows(
         with torch.inference_mode():
             for choice, _ in paths:
                 with kernels(choice):
-                    caches[choice] = model.allocate_cache(1, max_len=prompt + (rounds + 2) * steps + 8)
+                    caches[choice] = model.allocate_cache(1, max_len=prompt + 8 * rounds + steps + 8)
                     model(torch.zeros(1, prompt, dtype=torch.long), cache=caches[choice])
                     _decode(model, caches[choice], 2)  # warm-up (and numba's compilation)
             for _ in range(rounds):
                 bandwidth = max(bandwidth, read_bandwidth(weight_bytes, repeats=2))
                 for choice, _ in paths:
                     with kernels(choice):
-                        walls[choice] = min(walls[choice], _decode(model, caches[choice], steps))
+                        walls[choice] = min(walls[choice], _decode(model, caches[choice], 8))
             floor = weight_bytes / bandwidth
             for choice, label in paths:
                 with kernels(choice), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
