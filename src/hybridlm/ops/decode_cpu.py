@@ -57,8 +57,8 @@ class DecodeWeights:
     def fresh(self) -> bool:
         return (
             self.generation == _GENERATION[0]
-            and all(t.data_ptr() == pointer for t, pointer in zip(self.tensors, self.pointers))
-            and all(t._version == version for t, version in zip(self.derived_from, self.versions))
+            and [t.data_ptr() for t in self.tensors] == self.pointers
+            and [t._version for t in self.derived_from] == self.versions
         )
 
 
@@ -188,13 +188,12 @@ def norm_project(x: torch.Tensor, weights: tuple, rope=None) -> torch.Tensor:
     first `heads` heads of the output in place (attention's queries and keys, stacked)."""
     norm_weight, eps, offset, matrices, biases, width = weights
     batch = x.shape[0]
-    out = torch.empty(batch, 1, width)
-    rows = out.view(batch, -1).numpy()
+    rows = np.empty((batch, width), np.float32)
     _norm_project(x.reshape(batch, -1).numpy(), norm_weight, eps, offset, matrices, biases, rows)
     if rope is not None:
         positions, inv_freq, head_dim, heads = rope
         _rope_in_place(rows, positions.reshape(batch).numpy(), inv_freq.numpy(), head_dim, heads)
-    return out
+    return torch.from_numpy(rows).view(batch, 1, width)
 
 
 def projection_weights(norm, linears) -> tuple | None:
@@ -212,9 +211,9 @@ def projection_weights(norm, linears) -> tuple | None:
 def mlp_step(x: torch.Tensor, weights: tuple) -> torch.Tensor:
     """x (b, 1, d) -> the MLP of RMSNorm(x), (b, 1, d)."""
     batch = x.shape[0]
-    out = torch.empty(batch, 1, weights[-2].shape[0])
-    _mlp_step(x.reshape(batch, -1).numpy(), *weights, out.view(batch, -1).numpy())
-    return out
+    out = np.empty((batch, weights[-2].shape[0]), np.float32)
+    _mlp_step(x.reshape(batch, -1).numpy(), *weights, out)
+    return torch.from_numpy(out).view(batch, 1, -1)
 
 
 def mlp_weights(norm, mlp) -> tuple | None:

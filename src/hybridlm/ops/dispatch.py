@@ -219,7 +219,7 @@ def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
     autograd and no tracing, and no forward hooks on `modules` (probes and profilers see them run)."""
     if x.shape[1] != 1 or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    hooks = torch.nn.modules.module
-    if backend_for(x) != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+    hooks = torch.nn.modules.module  # checks ordered cheapest first: this runs for every sub-layer of a step
+    if not x.is_cpu or kernel_choice().cpu != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return False
     return not any(module._forward_hooks or module._forward_pre_hooks for module in modules)

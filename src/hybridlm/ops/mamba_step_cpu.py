@@ -179,12 +179,12 @@ def mamba_sublayer_step(u: torch.Tensor, conv_state, ssm_state, weights: tuple) 
     """u (b, 1, d) -> out_proj of the mixer applied to RMSNorm(u), (b, 1, d); the states (float32,
     contiguous) are updated in place. `weights`: what `sublayer_weights` built."""
     batch = u.shape[0]
-    out = torch.empty(batch, 1, weights[-2].shape[0])
+    before_conv, before_ssm, projection = weights
+    out = np.empty((batch, projection[0].shape[0]), np.float32)
     _sublayer_step(
-        u.reshape(batch, -1).numpy(), *weights[:5], conv_state.numpy(), *weights[5:-2], ssm_state.numpy(),
-        *weights[-2:], out.view(batch, -1).numpy(),
-    )  # fmt: skip
-    return out
+        u.reshape(batch, -1).numpy(), *before_conv, conv_state.numpy(), *before_ssm, ssm_state.numpy(), *projection, out
+    )
+    return torch.from_numpy(out).view(batch, 1, -1)
 
 
 def sublayer_weights(norm, mixer) -> tuple | None:
@@ -202,10 +202,8 @@ def sublayer_weights(norm, mixer) -> tuple | None:
     channels = mixer.d_inner
     inner_views = [weight_view(inner_norm.weight) for inner_norm in inner] or [np.ones(0, np.float32)] * 3
     conv_bias = mixer.conv.bias
-    views = (
-        *norm_views(norm),
-        weight_view(mixer.in_proj.weight),
-        weight_view(mixer.in_proj.bias),
+    before_conv = (*norm_views(norm), weight_view(mixer.in_proj.weight), weight_view(mixer.in_proj.bias))
+    before_ssm = (
         weight_view(mixer.conv.weight).reshape(channels, -1),
         weight_view(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
         weight_view(mixer.x_proj_weight),
@@ -216,7 +214,6 @@ def sublayer_weights(norm, mixer) -> tuple | None:
         np.float32(inner[0].eps if inner else 0.0),
         as_array(-torch.exp(mixer.A_log.detach().float())),
         weight_view(mixer.D),
-        weight_view(mixer.out_proj.weight),
-        weight_view(mixer.out_proj.bias),
     )
-    return (DecodeWeights(tensors, derived_from=(mixer.A_log,)), *views)
+    projection = (weight_view(mixer.out_proj.weight), weight_view(mixer.out_proj.bias))
+    return DecodeWeights(tensors, derived_from=(mixer.A_log,)), before_conv, before_ssm, projection
