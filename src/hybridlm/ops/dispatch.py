@@ -138,9 +138,9 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, initial_state=None):
 def mamba_decode_step(x_in, z, conv_state, ssm_state, weights: dict):
     """One Mamba-1 token (conv, projections, scan, gate) in one numba call, updating the states in place:
     y (b, 1, d_in), or None where it does not apply (another backend, more than one token, autograd
-    on, or states that are not contiguous float32); the caller then runs its layer code.
-    `weights`: the tensors `ops.mamba_step_cpu.mamba_decode_step` names, by keyword."""
-    if backend_for(x_in) != "numba" or x_in.shape[1] != 1 or torch.is_grad_enabled():
+    on, torch.compile tracing, or states that are not contiguous float32); the caller then runs its
+    layer code. `weights`: the tensors `ops.mamba_step_cpu.mamba_decode_step` names, by keyword."""
+    if torch.compiler.is_compiling() or x_in.shape[1] != 1 or torch.is_grad_enabled() or backend_for(x_in) != "numba":
         return None
     if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, ssm_state)):
         return None
