@@ -6,7 +6,7 @@ import torch
 
 from hybridlm.layers.context import Context
 from hybridlm.layers.mlp import ACTIVATION_FUNCTIONS
-from hybridlm.ops import custom_ops
+from hybridlm.ops import custom_ops, rglru_step_cpu
 from hybridlm.ops.dispatch import kernels
 from hybridlm.ops.linear_scan import rglru_scan_ref
 from hybridlm.ops.linear_scan_cpu import rglru_gated_forward
@@ -118,9 +118,15 @@ def _block(pattern="R", **fields):
     return model.layers[0].mixer
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_decode_step_matches_the_layer_code(batch):
-    mixer = _block(rglru={"n_heads": 2}).eval()
+@pytest.mark.parametrize(
+    "batch, options",
+    [(1, {"n_heads": 2}), (3, {"n_heads": 2}), (2, {"bias": False, "activation": "silu", "d_conv": 3})],
+)
+@pytest.mark.parametrize("linears_in_kernel", [True, False])
+def test_decode_step_matches_the_layer_code(batch, options, linears_in_kernel, monkeypatch):
+    if not linears_in_kernel:  # the three linears through torch, as for larger widths
+        monkeypatch.setattr(rglru_step_cpu, "LINEARS_IN_KERNEL_MAX", 0)
+    mixer = _block(rglru=options).eval()
     steps, d_model = 7, mixer.linear_x.in_features
     u = torch.randn(batch, steps, d_model)
     outs = {}

@@ -238,15 +238,15 @@ def rglru_gated(x, y_pre, lru_weights: dict, log_a_scale, reset, initial_state, 
 RGLRU_WEIGHTS = ("input_gate_weight", "input_gate_bias", "recurrent_gate_weight", "recurrent_gate_bias")
 
 
-def rglru_decode_step(x_in, y_pre, reset, conv_state, rnn_state, weights: dict, activation: str):
-    """One RG-LRU token (conv, gates, recurrence, times act(y_pre)) in one numba call, updating the
-    states in place: out (b, 1, d) fp32, or None where it does not apply (another backend, more than
-    one token, autograd on, states not contiguous float32). `weights`: the tensors
-    `ops.rglru_step_cpu.rglru_decode_step` names, by keyword."""
-    if backend_for(x_in) != "numba" or x_in.shape[1] != 1 or torch.is_grad_enabled():
+def rglru_decode_step(u, positions, conv_state, rnn_state, weights: dict, c: float, activation: str):
+    """One token through Griffin's recurrent block (linears, conv, gates, recurrence, times act(y),
+    output linear) in one numba call, updating the states in place: out (b, 1, d_model) fp32, or
+    None where it does not apply (another backend, more than one token, autograd on, states not
+    contiguous float32). `weights`: the tensors `ops.rglru_step_cpu.STEP_WEIGHTS` names."""
+    if backend_for(u) != "numba" or u.shape[1] != 1 or torch.is_grad_enabled():
         return None
     if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, rnn_state)):
         return None
     from .rglru_step_cpu import rglru_decode_step as fused_step
 
-    return fused_step(x_in, y_pre, reset, conv_state, rnn_state, activation=activation, **weights)
+    return fused_step(u, positions, conv_state, rnn_state, weights, c, activation)
