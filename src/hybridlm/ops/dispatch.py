@@ -242,8 +242,9 @@ def rglru_decode_step(u, positions, conv_state, rnn_state, weights: dict, c: flo
     """One token through Griffin's recurrent block (linears, conv, gates, recurrence, times act(y),
     output linear) in one numba call, updating the states in place: out (b, 1, d_model) fp32, or
     None where it does not apply (another backend, more than one token, autograd on, states not
-    contiguous float32). `weights`: the tensors `ops.rglru_step_cpu.STEP_WEIGHTS` names."""
-    if backend_for(u) != "numba" or u.shape[1] != 1 or torch.is_grad_enabled():
+    contiguous float32, or under torch.compile, which traces the layer code instead).
+    `weights`: the tensors `ops.rglru_step_cpu.STEP_WEIGHTS` names."""
+    if backend_for(u) != "numba" or u.shape[1] != 1 or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
     if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, rnn_state)):
         return None

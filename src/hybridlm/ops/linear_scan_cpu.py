@@ -170,14 +170,36 @@ def _tanh(z):
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
+def _gelu_tanh(v):
+    return _HALF * v * (_ONE + _tanh(_GELU_K * (v + _GELU_C * v * v * v)))
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _gelu_tanh_derivative(v):
+    t = _tanh(_GELU_K * (v + _GELU_C * v * v * v))
+    return _HALF * (_ONE + t) + _HALF * v * (_ONE - t * t) * _GELU_K * (_ONE + 3 * _GELU_C * v * v)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _silu_derivative(v):
+    s = sigmoid(v)
+    return s * (_ONE + v * (_ONE - s))
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _erf(v):
+    return np.float32(math.erf(v))
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
 def activate(v, kind):
     """act(v): 0 GELU (tanh form), 1 SiLU, 2 GELU (erf), 3 ReLU, as `torch.nn.functional`."""
     if kind == 0:
-        return _HALF * v * (_ONE + _tanh(_GELU_K * (v + _GELU_C * v * v * v)))
+        return _gelu_tanh(v)
     if kind == 1:
         return v * sigmoid(v)
     if kind == 2:
-        return _HALF * v * (_ONE + np.float32(math.erf(v * _INV_SQRT2)))
+        return _HALF * v * (_ONE + _erf(v * _INV_SQRT2))
     return v if v > 0 else np.float32(0.0)
 
 
@@ -185,14 +207,44 @@ def activate(v, kind):
 def activate_derivative(v, kind):
     """d act(v) / dv for the kinds of `activate`."""
     if kind == 0:
-        t = _tanh(_GELU_K * (v + _GELU_C * v * v * v))
-        return _HALF * (_ONE + t) + _HALF * v * (_ONE - t * t) * _GELU_K * (_ONE + 3 * _GELU_C * v * v)
+        return _gelu_tanh_derivative(v)
     if kind == 1:
-        s = sigmoid(v)
-        return s * (_ONE + v * (_ONE - s))
+        return _silu_derivative(v)
     if kind == 2:
-        return _HALF * (_ONE + np.float32(math.erf(v * _INV_SQRT2))) + v * _INV_SQRT_2PI * np.exp(-_HALF * v * v)
+        return _HALF * (_ONE + _erf(v * _INV_SQRT2)) + v * _INV_SQRT_2PI * np.exp(-_HALF * v * v)
     return _ONE if v > 0 else np.float32(0.0)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _gate_output(h, y, out, kind):
+    """out = h * act(y) over a block, one loop per kind: a loop holding erf's call, or a branch on the
+    kind, would not vectorise."""
+    if kind == 0:
+        for c in range(h.size):
+            out[c] = h[c] * _gelu_tanh(y[c])
+    elif kind == 1:
+        for c in range(h.size):
+            out[c] = h[c] * y[c] * sigmoid(y[c])
+    else:
+        for c in range(h.size):
+            out[c] = h[c] * activate(y[c], kind)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _gate_output_backward(grad_out, h, y, grad_y, grad_h, kind):
+    """Through out = h * act(y): grad_y = grad_out h act'(y), grad_h += grad_out act(y)."""
+    if kind == 0:
+        for c in range(h.size):
+            grad_y[c] = grad_out[c] * h[c] * _gelu_tanh_derivative(y[c])
+            grad_h[c] += grad_out[c] * _gelu_tanh(y[c])
+    elif kind == 1:
+        for c in range(h.size):
+            grad_y[c] = grad_out[c] * h[c] * _silu_derivative(y[c])
+            grad_h[c] += grad_out[c] * y[c] * sigmoid(y[c])
+    else:
+        for c in range(h.size):
+            grad_y[c] = grad_out[c] * h[c] * activate_derivative(y[c], kind)
+            grad_h[c] += grad_out[c] * activate(y[c], kind)
 
 
 def _gated_forward(x, gates, y_pre, log_a_scale, reset, h0, kind, keep_states, states, out, final):
@@ -215,8 +267,7 @@ def _gated_forward(x, gates, y_pre, log_a_scale, reset, h0, kind, keep_states, s
                     log_a = sigmoid(g[width + c]) * scale[c]
                     multiplier = np.sqrt(-expm1_nonpositive(2 * log_a))
                     h[c] = exp_nonpositive(log_a) * h[c] + multiplier * sigmoid(g[c]) * x_t[c]
-            for c in range(width):
-                out_t[c] = h[c] * activate(y_t[c], kind)
+            _gate_output(h, y_t, out_t, kind)
             if keep_states:
                 states[row, t, c0:c1] = h
         final[row, c0:c1] = h
@@ -241,9 +292,7 @@ def _gated_backward(
             x_t, y_t, h_t = x[row, t, c0:c1], y_pre[row, t, c0:c1], states[row, t, c0:c1]
             h_prev = states[row, t - 1, c0:c1] if t > 0 else h0[row, c0:c1]
             grad_out_t, grad_x_t, grad_y_t = grad_out[row, t, c0:c1], grad_x[row, t, c0:c1], grad_y[row, t, c0:c1]
-            for c in range(width):  # out = h * act(y)
-                grad_y_t[c] = grad_out_t[c] * h_t[c] * activate_derivative(y_t[c], kind)
-                grad_h[c] += grad_out_t[c] * activate(y_t[c], kind)
+            _gate_output_backward(grad_out_t, h_t, y_t, grad_y_t, grad_h, kind)
             if reset[row, t]:
                 for c in range(width):
                     i = sigmoid(g[c])
