@@ -72,6 +72,24 @@ def store(typingctx, array, offset, value):
 
 
 @intrinsic
+def prefetch(typingctx, array, offset):
+    """Ask for the cache line holding array.flat[offset] (llvm.prefetch; never faults, so offset may
+    lie past the array). For strided walks, e.g. one 64-byte row slice per token 2 KiB apart, which
+    the hardware prefetchers do not follow."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+        builder.call(function, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, offset), codegen
+
+
+@intrinsic
 def splat(typingctx, scalar):
     """A vector holding `scalar` (a float32) in every lane."""
 
@@ -152,6 +170,67 @@ def shifted_bits(typingctx, a):
     return vec_type(vec_type), codegen
 
 
+@intrinsic
+def total(typingctx, a):
+    """The sum of a's 16 lanes (a float32), by halving: 4 shuffles and 4 adds."""
+
+    def codegen(context, builder, signature, args):
+        value, width = args[0], LANES
+        while width > 1:
+            width //= 2
+            upper = [width + (i % width) for i in range(LANES)]
+            value = builder.fadd(value, builder.shuffle_vector(value, value, ir.Constant(_INTS, upper)))
+        return builder.extract_element(value, ir.Constant(ir.IntType(32), 0))
+
+    return types.float32(vec_type), codegen
+
+
+def _butterfly_plan():
+    """Shuffle masks that fold 16 vectors into one of their 16 lane sums, and the final lane order.
+
+    Each level pairs the vectors up and keeps, per group of 2w lanes, the sum of its two halves
+    of w: 8 + 4 + 2 + 1 = 15 (shuffle, shuffle, add) steps instead of 16 halvings of 8 steps."""
+    levels, owners = [], [[v] * LANES for v in range(LANES)]  # owners[v][lane]: which input lane holds
+    width = LANES // 2
+    while width >= 1:
+        low, high = [], []
+        for group in range(LANES // (2 * width)):
+            for side in (0, LANES):
+                low += [side + group * 2 * width + i for i in range(width)]
+                high += [side + group * 2 * width + width + i for i in range(width)]
+        low, high = low[:LANES], high[:LANES]
+        pairs = [(owners[2 * i] + owners[2 * i + 1]) for i in range(len(owners) // 2)]
+        owners = [[pair[i] for i in low] for pair in pairs]
+        levels.append((low, high))
+        width //= 2
+    order = [owners[0].index(v) for v in range(LANES)]
+    return levels, order
+
+
+@intrinsic
+def lane_sums(typingctx, array, offset):
+    """The vector whose lane i is the sum of array.flat[offset + 16 i : offset + 16 (i + 1)]: sixteen
+    lane sums for 15 adds and 31 shuffles (a transpose-and-add butterfly), against 128 instructions
+    for 16 separate `total`s."""
+    levels, order = _butterfly_plan()
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        vectors = []
+        for i in range(LANES):
+            pointer = builder.gep(data, [builder.add(args[1], ir.Constant(args[1].type, i * LANES))])
+            vectors.append(builder.load(builder.bitcast(pointer, _VECTOR.as_pointer()), align=4))
+        for low, high in levels:
+            low_mask, high_mask = ir.Constant(_INTS, low), ir.Constant(_INTS, high)
+            vectors = [
+                builder.fadd(builder.shuffle_vector(a, b, low_mask), builder.shuffle_vector(a, b, high_mask))
+                for a, b in zip(vectors[0::2], vectors[1::2])
+            ]
+        return builder.shuffle_vector(vectors[0], vectors[0], ir.Constant(_INTS, order))
+
+    return vec_type(array, offset), codegen
+
+
 def _overload_operator(python_operator, vector_function):
     @overload(python_operator)
     def _vector_operator(a, b):
@@ -197,6 +276,13 @@ def exp2(u):
 
 _LOG2E = np.float32(1.4426950408889634)
 _CEILING = np.float32(126.0)
+
+
+@njit(inline="always")
+def sigmoid(z):
+    """1 / (1 + e^-z) lane-wise, e^-z clamped as in `silu`."""
+    one = splat(np.float32(1.0))
+    return one / (one + exp2(minimum(z * splat(-_LOG2E), splat(_CEILING))))
 
 
 @njit(inline="always")
