@@ -148,3 +148,24 @@ def test_floor_loop_runs_the_declared_instruction_mix():
 def test_floor_rows_report_the_ratio():
     (row,) = scan_floor.floor_rows([16], batch=1, d_inner=32, d_state=16, repeats=1)
     assert row.ours > 0 and row.baseline > 0 and row.notes["x_floor"] == pytest.approx(row.ours / row.baseline)
+
+
+def test_forward_inner_loop_runs_on_full_width_vectors():
+    """The compiled forward's FMAs use zmm registers on AVX-512 (ymm pairs on AVX2): checked in the assembly."""
+    from hybridlm.ops import selective_scan_cpu
+
+    forward = njit(fastmath=True, error_model="numpy")(selective_scan_cpu._forward)
+    f32 = np.float32
+    tokens, channels, d_state = np.zeros((1, 4, 32), f32), 32, 16
+    arrays = [tokens, tokens, np.zeros((d_state, channels), f32), np.zeros((1, 4, 1, d_state), f32)]
+    arrays += [np.zeros((1, 4, 1, d_state), f32), np.zeros(channels, f32), tokens, True]
+    arrays += [np.zeros((1, d_state, channels), f32), 64, np.zeros_like(tokens), np.zeros((1, d_state, channels), f32)]
+    forward(*arrays, np.zeros((1, 1, d_state, channels), f32), True)
+    assembly = next(iter(forward.inspect_asm().values()))
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            register = "zmm" if " avx512f " in cpuinfo.read() else "ymm"
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the ISA from")
+    fma_lines = [line for line in assembly.splitlines() if line.strip().startswith("vfmadd")]
+    assert any(register in line for line in fma_lines)

@@ -1,7 +1,7 @@
 """Mamba-1 selective scan as a fused CPU kernel (numba), forward and backward.
 
 Glossary (as in selective_scan.py): b batch, l tokens, d channels (d_inner), n state size,
-g groups sharing B and C, q checkpoint chunk, w channels per block (one thread's work item).
+g groups sharing B and C, q checkpoint chunk.
 
 Computes, with the skip D and the gate z folded in (Gu & Dao 2023, eq. 2 and Figure 3):
 
@@ -9,16 +9,17 @@ Computes, with the skip D and the gate z folded in (Gu & Dao 2023, eq. 2 and Fig
     y_t   = C_t . h_t + D x_t                          (b, d)
     out_t = y_t * SiLU(z_t)                            (when z is given)
 
-The CPU analogue of mamba_ssm's CUDA kernel: one pass over time per block of channels, the
-state block stays in L1, and (b, l, d, n) is never stored. The forward runs on explicit 16-lane
-vectors (ops/simd.py: one zmm register on AVX-512, two ymm on AVX2) over 16 channels, loops over
-the n states inside, and computes exp(dt A) as 2^(dt A log2 e) with simd.exp2 (11 instructions,
-1.6e-7 relative). The backward is numba-vectorised over blocks of w channels and uses
-numba_support.exp_nonpositive. The forward keeps only the
-state entering every chunk of q steps (l/q of the full states); the backward walks the chunks in
-reverse, recomputes the chunk's states into a (q + 1, w, n) buffer and runs the reverse
-recurrence dL/dh_{t-1} = exp(dt_t A) * dL/dh_t. Blocks of channels run in parallel. Per-step
-gradients of B and C are summed over channels within a block here and over blocks in torch.
+The CPU analogue of mamba_ssm's CUDA kernel: one pass over time per block of 16 channels, on
+explicit 16-lane vectors (ops/simd.py: one zmm register on AVX-512, two ymm on AVX2), the state
+block (n, 16) in L1, and (b, l, d, n) never stored. exp(dt A) is 2^(dt A log2 e) by simd.exp2
+(11 instructions, 1.6e-7 relative). Rows of x, dt, z are 16 floats d apart per token, a stride the
+hardware prefetchers do not follow: the kernels prefetch PREFETCH tokens ahead. The forward keeps
+only the state entering every chunk of q steps (l/q of the full states); the backward walks the
+chunks in reverse, recomputes the chunk's states and decays into (q + 1, n, 16) buffers and runs
+the reverse recurrence dL/dh_{t-1} = exp(dt_t A) * dL/dh_t. Blocks run in parallel. Per-step
+gradients of B and C are summed over the block's channels here and over blocks in torch. The
+forward handles a partial block (group width not a multiple of 16) through a staging vector; the
+backward's wrapper pads each group with zero channels instead.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .numba_support import Kernel, as_array
 from .simd import LANES
 
 PREFETCH = 8  # tokens ahead that the kernels ask for their strided rows
-CHUNK = 64  # checkpoint interval q: the backward's buffers, 2 (q + 1) n w floats, stay in L2
+CHUNK = 64  # checkpoint interval q: the backward's buffers, 2 (q + 1) n 16 floats (130 KiB at n = 16), stay in L2
 
 
 def _forward(x, dt, A_log2e, B, C, D, z, has_z, h0, chunk, out, final_state, checkpoints, keep_checkpoints):

@@ -2,12 +2,13 @@
 
 numba's loop vectoriser picks the target's preferred width: 8 lanes (ymm) on AVX-512 Intel parts,
 whose LLVM tuning prefers 256-bit vectors, and it vectorises only innermost loops, so a state
-that should live in registers across time sits in memory. `Vec` is an LLVM `<16 x float>`: LLVM
+that should live in registers across time sits in memory. `vec_type` is an LLVM `<16 x float>`: LLVM
 compiles it to one zmm register on AVX-512 and to two ymm registers on AVX2, with the same source.
 
-Only generic LLVM operations are used (fadd, fmul, llvm.fma, select, shl, bitcast), no x86
-intrinsics, so a kernel built on it runs on any CPU numba targets. Arithmetic carries no fast-math
-flags: LLVM keeps it exactly as written, which `exp2`'s rounding trick relies on.
+Only generic LLVM operations are used (fadd, fmul, llvm.fma, select, shl, shufflevector,
+llvm.prefetch), no x86 intrinsics, so a kernel built on it runs on any CPU numba targets. numba's
+fastmath=True flags every float instruction of a kernel, these included; `exp2`'s rounding trick
+is kept out of reach of reassociation by `fence`.
 
 Loads and stores take a flat element offset into a C-contiguous float32 array and read 16
 consecutive floats, unaligned, with no bounds check: callers keep them inside the array. numba's
