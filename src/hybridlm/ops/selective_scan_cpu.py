@@ -311,7 +311,7 @@ class SelectiveScanFunction(torch.autograd.Function):
         grad_B, grad_C = (torch.empty(blocks_shape, dtype=torch.float32) for _ in range(2))
         grad_D = torch.empty(batch, wide, dtype=torch.float64)
         grad_h0 = torch.empty(batch, d_state, wide, dtype=torch.float32)
-        A_wide = padded(A.detach(), 0)
+        A_wide = padded(A, 0)  # no detach(): as_array views parameters without pinning their storage
         _backward_kernel(
             x.numel() * d_state,
             as_array(padded(x, 2)),
@@ -320,7 +320,7 @@ class SelectiveScanFunction(torch.autograd.Function):
             _channels_last(A_wide),
             as_array(B),
             as_array(C),
-            as_array(padded(D.detach(), 0)),
+            as_array(padded(D, 0)),
             as_array(padded(z, 2)),
             z.numel() > 0,
             as_array(padded(checkpoints, 3)),
