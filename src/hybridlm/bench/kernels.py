@@ -21,6 +21,7 @@ from ..layers.context import Context
 from ..model import HybridLM
 from ..ops.dispatch import kernels, selective_scan
 from ..ops.selective_scan import selective_scan_ref
+from . import scan_floor
 from .timing import Row, alternated_times, best_time
 
 D_MODEL = 256
@@ -174,6 +175,7 @@ def kernel_rows(quick: bool) -> list[Row]:
             + huggingface_mixer_rows(forward_length=1024, backward_length=256)
             + hyena_decode_rows(steps=100)
             + recurrent_block_rows(forward_length=1024, backward_length=128, steps=100)
+            + scan_floor.floor_rows([1024])
         )
     return (
         selective_scan_rows([1024, 4096])
@@ -181,6 +183,7 @@ def kernel_rows(quick: bool) -> list[Row]:
         + huggingface_mixer_rows(forward_length=4096, backward_length=1024)
         + hyena_decode_rows()
         + recurrent_block_rows()
+        + scan_floor.floor_rows([1024, 4096])
     )
 
 
