@@ -193,6 +193,19 @@ def _activate(v, activation):
     return v * sigmoid(GELU_TANH_SCALE * (v + np.float32(0.044715) * v * v * v))
 
 
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _rms_norm(x, weight, eps, offset, out):
+    rms_norm_into(x, weight, eps, offset, out)
+
+
+def rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """RMSNorm of one token x (b, 1, d) in one call, for a mixer whose step takes its input normed."""
+    batch = x.shape[0]
+    out = np.empty((batch, x.shape[-1]), np.float32)
+    _rms_norm(x.reshape(batch, -1).numpy(), *norm_views(norm), out)
+    return torch.from_numpy(out).view(batch, 1, -1)
+
+
 def norm_project(x: torch.Tensor, weights: tuple, rope=None) -> torch.Tensor:
     """x (b, 1, d) -> RMSNorm then the stacked projections, (b, 1, sum of o). `weights`: what
     `projection_weights` built. `rope` (positions (b, 1), inv_freq, head_dim, heads): rotate the
