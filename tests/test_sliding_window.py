@@ -50,3 +50,15 @@ def test_windowed_layer_on_a_long_sequence_equals_chunked_cached_prefill():
         cache = model.allocate_cache(2)
         chunked = torch.cat([model(tokens[:, i : i + 16], cache=cache) for i in range(0, 150, 16)], dim=1)
     torch.testing.assert_close(full, chunked, rtol=1e-4, atol=1e-5)
+
+
+def test_decoding_past_a_full_ring_equals_the_full_forward():
+    """One token at a time through the ring of window - 1 slots: masked while it fills, unmasked after."""
+    torch.manual_seed(0)
+    model = HybridLM(tiny_config(pattern="L F", attention={"window": 5})).eval()
+    tokens = torch.randint(0, 50, (2, 30))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.allocate_cache(2)
+        stepped = torch.cat([model(tokens[:, i : i + 1], cache=cache) for i in range(30)], dim=1)
+    torch.testing.assert_close(full, stepped, rtol=1e-4, atol=1e-5)

@@ -80,6 +80,12 @@ class KVCache:
         self._write_ring(keys, values, positions)
         return attend
 
+    def every_key_visible(self) -> bool:
+        """After `update` with one unpadded query: whether it may see every key returned, so attention
+        needs no mask. Without a window, unless padding was stored; with one, once the ring is full
+        (its window - 1 slots then hold the latest tokens, all inside the new query's window)."""
+        return not self.holds_padding and (self.window is None or self.length > self.keys.shape[2])
+
     def _append(self, keys, values, positions):
         start, end = self.length, self.length + keys.shape[2]
         if end > self.keys.shape[2]:
@@ -105,6 +111,13 @@ class KVCache:
         n_new = keys.shape[2]
         if size == 0:
             self.length += n_new
+            return
+        if n_new == 1:  # decoding: one slot, plain indexing (no index tensor to build)
+            slot = self.length % size
+            self.keys[:, :, slot] = keys[:, :, 0]
+            self.values[:, :, slot] = values[:, :, 0]
+            self.positions[:, slot] = positions[:, 0]
+            self.length += 1
             return
         keep = min(n_new, size)
         slots = (torch.arange(self.length + n_new - keep, self.length + n_new, device=keys.device)) % size

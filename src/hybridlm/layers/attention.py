@@ -219,7 +219,7 @@ class Attention(Mixer):
             y = sliding_window_attention(q, k, v, self.window, self.scale)  # keys at positions 0..N-1
         elif unmasked and kv_state is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **sdpa)
-        elif unmasked and n_new == 1 and not kv_state.holds_padding:  # decoding: every stored key is visible
+        elif ctx.valid is None and n_new == 1 and kv_state is not None and kv_state.every_key_visible():  # decoding
             y = F.scaled_dot_product_attention(q, k, v, **sdpa)
         else:
             mask = attention_mask(query_positions, key_positions, self.window)  # (B, 1, N, T)
