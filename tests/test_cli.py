@@ -143,3 +143,11 @@ def test_demo_runs(capsys):
     code, out, _ = run(capsys, "demo", "--steps", "5")
     assert code == 0 and "128.1 GiB" in out  # Llama-2-7B's KV cache at 256K tokens, bf16 (+ slot positions)
     assert "hybrid, SSM first" in out and "max |logits(token by token) - logits(full forward)|" in out
+
+
+def test_generate_compiled_gives_the_same_tokens(capsys, tmp_path):
+    torch.manual_seed(0)
+    hybridlm.save(HybridLM(ModelConfig.from_preset("transformer", "tiny")), tmp_path / "m")
+    flags = ["--prompt", "Hi", "--max-new-tokens", "5", "--temperature", "0"]
+    outputs = [run(capsys, "generate", str(tmp_path / "m"), *flags, *extra)[1] for extra in ([], ["--compile"])]
+    assert outputs[0].startswith("Hi") and outputs[1] == outputs[0]

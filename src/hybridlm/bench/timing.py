@@ -7,6 +7,7 @@ way in one process are what the benchmarks report.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -52,6 +53,20 @@ def best_time(fn, repeats: int = 3, warmup: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def alternated_times(fn_a, fn_b, repeats: int = 5, warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of `fn_a()` and of `fn_b()`, run in turn (a, b, a, b, ...) after `warmup` rounds:
+    on a shared machine a slow spell then slows both sides, so their ratio stays honest."""
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def matmul_peak(size: int = 1024, repeats: int = 5) -> float:

@@ -34,7 +34,7 @@ def suite_rows(name: str, quick: bool, threads: int) -> list:
         return kernels.kernel_rows(quick)
     if name == "models":
         if quick:
-            return models.model_rows(("jamba",), prefill_length=1024, new_tokens=64)
+            return models.model_rows(("jamba",), prefill_length=1024, new_tokens=64, train_shape=(1, 128), repeats=3)
         return models.model_rows()
     if name == "training":
         if quick:

@@ -16,6 +16,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stream", action="store_true", help="print tokens as they are sampled")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: a slow first call, faster tokens after (pays off for long outputs)",
+    )
 
 
 def run(args) -> None:
@@ -25,6 +30,8 @@ def run(args) -> None:
     from ..data.tokenizer import load_tokenizer
 
     model = load(args.directory)
+    if args.compile:
+        model.compile()
     tokenizer = load_tokenizer(args.directory)
     prompt = torch.tensor([tokenizer.encode(args.prompt)])
     if prompt.shape[1] == 0:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..ops.grouped_mm import grouped_mm
 from .base import Flops, TokenwiseMixer, check_positive, linear_flops, require
 from .mlp import MLP
 
@@ -108,7 +109,9 @@ class MoE(TokenwiseMixer):
         if self.normalize_top_k:
             top_probs = top_probs / top_probs.sum(-1, keepdim=True)
         training = torch.is_grad_enabled()
-        if not training and tokens.shape[0] * self.top_k <= self.n_experts:
+        if torch.compiler.is_compiling():
+            output = self._grouped(tokens, top_probs.to(tokens.dtype), top_experts)
+        elif not training and tokens.shape[0] * self.top_k <= self.n_experts:
             output = self._few_tokens(tokens, top_probs.to(tokens.dtype), top_experts)
         else:
             output = torch.zeros_like(tokens)
@@ -131,6 +134,36 @@ class MoE(TokenwiseMixer):
             one = tokens[token : token + 1]
             rows.append(sum(weights[j] * self.experts[expert](one) for j, expert in enumerate(chosen)))
         return torch.cat(rows)
+
+    def _grouped(self, tokens: torch.Tensor, top_probs: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor:
+        """Every (token, expert) pair sorted by expert, each expert's rows one group of `grouped_mm`:
+        the same sums as the loop, with no shape that depends on the routing, so torch.compile keeps
+        the layer in one graph. Eager runs keep the loop, which skips the stacking of the weights."""
+        flat_experts = top_experts.flatten()  # (T K,)
+        order = flat_experts.argsort(stable=True)
+        token_of = order // self.top_k
+        per_expert = (flat_experts.unsqueeze(1) == torch.arange(self.n_experts, device=tokens.device)).sum(0)
+        group_ends = per_expert.cumsum(0).to(torch.int32)  # (E,)
+        sorted_experts = flat_experts[order]
+
+        def grouped_linear(x, linears):
+            weights = torch.stack([linear.weight for linear in linears]).transpose(1, 2)  # (E, in, out)
+            y = grouped_mm(x, weights.contiguous(), group_ends)
+            if linears[0].bias is not None:
+                y = y + torch.stack([linear.bias for linear in linears])[sorted_experts]
+            return y
+
+        rows = tokens[token_of]  # (T K, d)
+        up = grouped_linear(rows, [expert.up_proj for expert in self.experts])
+        activation = self.experts[0].activation
+        if self.experts[0].gate_proj is None:
+            hidden = activation(up)
+        else:
+            hidden = activation(grouped_linear(rows, [expert.gate_proj for expert in self.experts])) * up
+        weighted = (
+            grouped_linear(hidden, [expert.down_proj for expert in self.experts]) * top_probs.flatten()[order, None]
+        )
+        return torch.zeros_like(tokens).index_add(0, token_of, weighted)
 
     @property
     def stats(self) -> RouterStats | None:
