@@ -21,7 +21,7 @@ from ..layers.context import Context
 from ..model import HybridLM
 from ..ops.dispatch import kernels, selective_scan
 from ..ops.selective_scan import selective_scan_ref
-from .timing import Row, best_time
+from .timing import Row, alternated_times, best_time
 
 D_MODEL = 256
 
@@ -165,6 +165,34 @@ def hyena_decode_rows(steps: int = 200, batch: int = 1):
     return [Row("kernels", f"Hyena decode step x{steps}", ours_s, reference_s, "reference recurrence", steps * batch)]
 
 
+def huggingface_mamba2_rows(lengths, batch: int = 2, repeats: int = 5, d_state: int = 64, head_dim: int = 64):
+    """Our Mamba-2 (SSD) layer vs transformers' Mamba2Mixer (its CPU torch path), same weights,
+    forward+backward (training mode) and forward: A/B alternated medians."""
+    if importlib.util.find_spec("transformers") is None:
+        return []
+    import transformers
+
+    from ..hf import save_hf
+
+    ours_model = _layer_model("D", tie_embeddings=True, mamba2={"d_state": d_state, "head_dim": head_dim})
+    directory = tempfile.mkdtemp(prefix="hybridlm-bench-")
+    save_hf(ours_model, directory)
+    theirs_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    ours, theirs = ours_model.layers[0].mixer.train(), theirs_model.backbone.layers[0].mixer.train()
+    rows = []
+    for length in lengths:
+        u = torch.randn(batch, length, D_MODEL)
+        ctx = Context(positions=torch.arange(length).expand(batch, length))
+        for mode, wrap in (("fwd+bwd", _backward_of), ("fwd", _no_grad)):
+            with kernels(""):
+                ours_s, theirs_s = alternated_times(
+                    wrap(functools.partial(ours, state=None, ctx=ctx), [u]), wrap(theirs, [u]), repeats
+                )
+            name = f"Mamba-2 layer {mode} L={length} n={d_state} p={head_dim}"
+            rows.append(Row("kernels", name, ours_s, theirs_s, "transformers Mamba2Mixer", batch * length))
+    return rows
+
+
 def kernel_rows(quick: bool) -> list[Row]:
     """The kernel suite; `quick` keeps it to about a minute on the 2-core dev CPU."""
     if quick:
@@ -173,10 +201,12 @@ def kernel_rows(quick: bool) -> list[Row]:
             + layer_rows([1024])
             + huggingface_mixer_rows(forward_length=1024, backward_length=256)
             + hyena_decode_rows(steps=100)
+            + huggingface_mamba2_rows([1024], repeats=3)
         )
     return (
         selective_scan_rows([1024, 4096])
         + layer_rows([4096])
         + huggingface_mixer_rows(forward_length=4096, backward_length=1024)
         + hyena_decode_rows()
+        + huggingface_mamba2_rows([1024, 4096])
     )
