@@ -1,6 +1,6 @@
 """Mamba-2 SSD kernels (issue 14, item 1) against the sequential reference ops/ssd.ssd_ref: the numba
-recurrence (outputs, final states, every gradient), its custom op, the dispatch, and the fused
-single-token decoding step against the layer's torch code."""
+recurrence (outputs, final states, every gradient), its custom op, the dispatch, the fused gated
+RMSNorm, and the fused single-token decoding step against the layer's torch code."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hybridlm import HybridLM
 from hybridlm.layers.context import Context
 from hybridlm.ops import custom_ops, dispatch
-from hybridlm.ops.ssd import ssd_chunked, ssd_ref
+from hybridlm.ops.ssd import gated_rms_norm_ref, ssd_chunked, ssd_ref
 from hybridlm.ops.ssd_cpu import backward_block
 
 from .helpers import tiny_config
@@ -146,3 +146,22 @@ def test_mamba2_layer_gradients_match_with_and_without_the_kernel():
     assert grads["cpu"].keys() == grads["reference"].keys()
     for name, grad in grads["cpu"].items():
         assert_close(grad, grads["reference"][name], name)
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 70, 16), 1), ((1, 130, 24), 3), ((1, 1, 8), 2)])
+def test_gated_rms_norm_kernel_matches_reference(shape, groups):
+    torch.manual_seed(6)
+    inputs = [torch.randn(shape), torch.randn(shape) * 2, torch.randn(shape[-1])]
+    assert_kernel_matches(
+        lambda y, z, w: (custom_ops.gated_rms_norm(y, z, w, groups, 1e-5),),
+        lambda y, z, w: (gated_rms_norm_ref(y, z, w, groups, 1e-5),),
+        inputs,
+    )
+    with torch.no_grad(), dispatch.kernels("cpu"):
+        assert_close(dispatch.gated_rms_norm(*inputs, groups, 1e-5), gated_rms_norm_ref(*inputs, groups, 1e-5))
+
+
+def test_gated_rms_norm_custom_op_passes_opcheck():
+    torch.manual_seed(7)
+    args = [torch.randn(2, 9, 12, requires_grad=True), torch.randn(2, 9, 12, requires_grad=True)]
+    torch.library.opcheck(custom_ops.gated_rms_norm, [*args, torch.randn(12, requires_grad=True), 2, 1e-5])

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops.dispatch import mamba2_decode_step, ssd
+from ..ops.dispatch import gated_rms_norm, mamba2_decode_step, ssd
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -100,9 +100,7 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        gated = (y.float() * F.silu(z.float())).unflatten(-1, (self.n_groups, -1))
-        normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed.flatten(-2) * self.weight.float()).to(y.dtype)
+        return gated_rms_norm(y, z, self.weight, self.n_groups, self.eps)  # a fused kernel where available
 
     def reset_special_parameters(self) -> None:
         nn.init.ones_(self.weight)

@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.library import custom_op, register_autograd, register_fake
 
 from .causal_conv_cpu import CausalConv1dFunction, causal_conv1d_forward
+from .gated_norm_cpu import gated_rms_norm_backward as gated_rms_norm_backward_kernel
+from .gated_norm_cpu import gated_rms_norm_forward
 from .linear_scan_cpu import RGLRUScanFunction, rglru_scan_forward
 from .modal_cpu import CHUNK as MODAL_CHUNK
 from .modal_cpu import ModalRecurrenceFunction, modal_recurrence_forward
@@ -308,3 +310,43 @@ def _ssd_backward(ctx, grad_y, grad_final, _grad_checkpoints):
 
 
 register_autograd("hybridlm::ssd", _ssd_backward, setup_context=_ssd_setup)
+
+
+# ---- Mamba-2 gated RMSNorm (y, z (..., d); weight (d,)) ----
+@custom_op("hybridlm::gated_rms_norm", mutates_args=(), device_types="cpu")
+def gated_rms_norm(y: Tensor, z: Tensor, weight: Tensor, n_groups: int, eps: float) -> Tensor:
+    """RMSNorm_g(y * SiLU(z)) * weight, fp32."""
+    return gated_rms_norm_forward(y, z, weight, n_groups, eps)
+
+
+@register_fake("hybridlm::gated_rms_norm")
+def _(y, z, weight, n_groups, eps):
+    return y.new_empty(y.shape, dtype=torch.float32)
+
+
+@custom_op("hybridlm::gated_rms_norm_backward", mutates_args=(), device_types="cpu")
+def gated_rms_norm_backward(
+    y: Tensor, z: Tensor, weight: Tensor, n_groups: int, eps: float, grad_out: Tensor
+) -> list[Tensor]:
+    """Gradients of y, z and weight, in their dtypes."""
+    return gated_rms_norm_backward_kernel(y, z, weight, n_groups, eps, grad_out)
+
+
+@register_fake("hybridlm::gated_rms_norm_backward")
+def _(y, z, weight, n_groups, eps, grad_out):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (y, z, weight)]
+
+
+def _gated_norm_setup(ctx, inputs, output):
+    y, z, weight, n_groups, eps = inputs
+    ctx.save_for_backward(y, z, weight)
+    ctx.n_groups, ctx.eps = n_groups, eps
+
+
+def _gated_norm_backward(ctx, grad_out):
+    y, z, weight = ctx.saved_tensors
+    grad_y, grad_z, grad_weight = gated_rms_norm_backward(y, z, weight, ctx.n_groups, ctx.eps, grad_out)
+    return grad_y, grad_z, grad_weight, None, None
+
+
+register_autograd("hybridlm::gated_rms_norm", _gated_norm_backward, setup_context=_gated_norm_setup)

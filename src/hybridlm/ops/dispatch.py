@@ -31,7 +31,7 @@ from .fftconv import STATE_DTYPE as MODAL_STATE_DTYPE
 from .fftconv import modal_recurrence_ref
 from .linear_scan import rglru_scan_ref
 from .selective_scan import selective_scan_ref
-from .ssd import ssd_chunked, ssd_ref
+from .ssd import gated_rms_norm_ref, ssd_chunked, ssd_ref
 
 ENV_VAR = "HYBRIDLM_KERNELS"
 CHOICES = ("reference", "cpu", "cuda")
@@ -241,3 +241,15 @@ def mamba2_decode_step(projected, conv_state, ssm_state, weights: dict):
     from .mamba2_step_cpu import mamba2_decode_step as fused_step
 
     return fused_step(projected, conv_state, ssm_state, **weights)
+
+
+def gated_rms_norm(y, z, weight, n_groups: int, eps: float):
+    """Mamba-2's RMSNorm_g(y * SiLU(z)) * weight (..., d) in y's dtype. Shapes as `ssd.gated_rms_norm_ref`."""
+    if backend_for(y) != "numba":
+        return gated_rms_norm_ref(y, z, weight, n_groups, eps)
+    from . import custom_ops
+    from .gated_norm_cpu import gated_rms_norm_forward
+
+    if _use_custom_op(y, z, weight):
+        return custom_ops.gated_rms_norm(y, z, weight, n_groups, eps).to(y.dtype)
+    return gated_rms_norm_forward(y, z, weight, n_groups, eps).to(y.dtype)
