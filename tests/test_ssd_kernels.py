@@ -165,3 +165,12 @@ def test_gated_rms_norm_custom_op_passes_opcheck():
     torch.manual_seed(7)
     args = [torch.randn(2, 9, 12, requires_grad=True), torch.randn(2, 9, 12, requires_grad=True)]
     torch.library.opcheck(custom_ops.gated_rms_norm, [*args, torch.randn(12, requires_grad=True), 2, 1e-5])
+
+
+def test_mamba2_layer_benchmark_rows_time_both_sides():
+    pytest.importorskip("transformers")
+    from hybridlm.bench.kernels import huggingface_mamba2_rows
+
+    rows = huggingface_mamba2_rows([16], repeats=1, d_state=8, head_dim=8)
+    assert [row.name for row in rows] == ["Mamba-2 layer fwd+bwd L=16 n=8 p=8", "Mamba-2 layer fwd L=16 n=8 p=8"]
+    assert all(row.ours > 0 and row.baseline > 0 for row in rows)
