@@ -28,3 +28,12 @@ def test_long_context_chunked_prefill_equals_full_forward(name):
         cache = model.allocate_cache(1)
         chunks = torch.cat([model(tokens[:, i : i + 1024], cache=cache) for i in range(0, 8192, 1024)], 1)
     assert (full - chunks).abs().max() <= 1e-4  # measured 2e-7 to 6e-6 (the FFT path of Hyena)
+
+
+def test_compiled_bench_compares_the_same_model_both_ways():
+    """`hybridlm bench compiled` (inductor): a tiny jamba trains and decodes compiled, same tokens."""
+    from hybridlm.bench.compiled import compiled_rows
+
+    train, decode = compiled_rows(("jamba",), size="tiny", batch=1, seq_len=32, new_tokens=8)
+    assert decode.notes["same_tokens_first_16"] is True
+    assert train.ours > 0 and train.baseline > 0 and train.notes["compile_s"] > 0

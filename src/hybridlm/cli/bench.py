@@ -12,7 +12,7 @@ HELP = (
     "speed benchmarks: kernels vs references, models vs Hugging Face, training MFU, decoding vs context, "
     "the server under load"
 )
-SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator", "serve", "data")
+SUITES = ("kernels", "models", "training", "context", "decode-profile", "allocator", "serve", "data", "compiled")
 
 
 def add_arguments(parser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 
 def suite_rows(name: str, quick: bool, threads: int) -> list:
     """Run one suite with its quick or full settings; returns `bench.timing.Row`s."""
-    from ..bench import allocator, context, data, decode_profile, kernels, models, serve, training
+    from ..bench import allocator, compiled, context, data, decode_profile, kernels, models, serve, training
 
     if name == "kernels":
         return kernels.kernel_rows(quick)
@@ -48,6 +48,10 @@ def suite_rows(name: str, quick: bool, threads: int) -> list:
         if quick:
             return decode_profile.decode_profile_rows(("mamba",), steps=8)
         return decode_profile.decode_profile_rows(("mamba", "jamba", "transformer"))
+    if name == "compiled":  # torch.compile against eager: a training step and greedy decoding
+        if quick:
+            return compiled.compiled_rows(("transformer",), size="tiny", new_tokens=16)
+        return compiled.compiled_rows()
     if name == "data":  # reading token shards vs tokenizing text into an int64 tensor, as before shards
         return data.data_rows(megabytes=4 if quick else 20)
     if name == "serve":  # 16 streaming clients vs one after another; time to first token with a cached prefix
