@@ -174,3 +174,25 @@ def test_mamba2_layer_benchmark_rows_time_both_sides():
     rows = huggingface_mamba2_rows([16], repeats=1, d_state=8, head_dim=8)
     assert [row.name for row in rows] == ["Mamba-2 layer fwd+bwd L=16 n=8 p=8", "Mamba-2 layer fwd L=16 n=8 p=8"]
     assert all(row.ours > 0 and row.baseline > 0 for row in rows)
+
+
+def test_kernels_read_column_slices_without_copies():
+    """x, B, C and z as the layer hands them over without gradients: column slices of one buffer."""
+    torch.manual_seed(8)
+    heads, head_dim, d_state = 4, 8, 16
+    d_inner = heads * head_dim
+    buffer = torch.randn(2, 70, d_inner + 2 * d_state + 5)
+    x = buffer[..., :d_inner].view(2, 70, heads, head_dim)
+    B = buffer[..., d_inner : d_inner + d_state].view(2, 70, 1, d_state)
+    C = buffer[..., d_inner + d_state : -5].view(2, 70, 1, d_state)
+    z = buffer[..., 3 : 3 + d_inner]
+    dt, A, D = F.softplus(torch.randn(2, 70, heads) - 1), -torch.rand(heads) - 0.5, torch.randn(heads)
+    weight = torch.randn(d_inner)
+    assert not x.is_contiguous() and not z.is_contiguous()
+    with torch.no_grad(), dispatch.kernels("cpu"):
+        y, state = dispatch.ssd(x, dt, A, B, C, D)
+        normed = dispatch.gated_rms_norm(y.flatten(-2), z, weight, 2, 1e-5)
+    y_ref, state_ref = ssd_ref(x, dt, A, B, C, D)
+    assert_close(y, y_ref, "y")
+    assert_close(state, state_ref, "state")
+    assert_close(normed, gated_rms_norm_ref(y_ref.flatten(-2), z, weight, 2, 1e-5), "gated norm")

@@ -20,6 +20,7 @@ import torch
 from numba import prange
 
 from .numba_support import Kernel, as_array, sigmoid
+from .ssd_cpu import strided_view
 
 ROWS = 64  # rows per work item; the weight's gradient is summed per item, then over items in torch
 
@@ -81,8 +82,8 @@ def gated_rms_norm_forward(y, z, weight, groups: int, eps: float) -> torch.Tenso
     channels = y.shape[-1]
     _forward_kernel(
         y.numel(),
-        as_array(y.reshape(-1, channels)),
-        as_array(z.reshape(-1, channels)),
+        strided_view(y.reshape(-1, channels)),
+        strided_view(z.reshape(-1, channels)),  # z: a column slice of in_proj's output
         as_array(weight),
         groups,
         np.float32(eps),

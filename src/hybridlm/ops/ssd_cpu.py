@@ -153,6 +153,14 @@ def _backward(
 _forward_kernel, _backward_kernel = Kernel(_forward), Kernel(_backward)
 
 
+def strided_view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a float32 tensor whose last dim is contiguous, without copying (x, B and C
+    are column slices of the conv's output); `as_array`'s contiguous copy otherwise (and under autograd)."""
+    if t.dtype == torch.float32 and not t.requires_grad and t.stride(-1) == 1:
+        return t.numpy()
+    return as_array(t)
+
+
 def _state_last(t: torch.Tensor) -> np.ndarray:
     """(b, h, p, n) -> (b, h, n, p) float32 contiguous: the kernels' state layout."""
     return as_array(t.transpose(-1, -2))
@@ -170,11 +178,11 @@ def ssd_forward(x, dt, A, B, C, D, initial_state, keep_checkpoints: bool = False
     checkpoints = torch.empty(batch, n_chunks, heads, d_state, head_dim, dtype=torch.float32)
     _forward_kernel(
         x.numel() * d_state,
-        as_array(x),
+        strided_view(x),
         as_array(dt),
         as_array(A),
-        as_array(B),
-        as_array(C),
+        strided_view(B),
+        strided_view(C),
         as_array(D),
         _state_last(initial_state),
         CHUNK,
