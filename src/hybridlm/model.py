@@ -24,6 +24,7 @@ from .layers import MIXERS
 from .layers.base import NO_WEIGHT_DECAY
 from .layers.context import Context
 from .layers.norm import RMSNorm
+from .ops.dispatch import fused_decode_applies
 
 
 class Sublayer(nn.Module):
@@ -36,8 +37,14 @@ class Sublayer(nn.Module):
         self.norm = RMSNorm(config.d_model, config.norm_eps, config.norm_offset) if family.pre_norm else None
         self.mixer = family.from_config(config, char, ordinal)
         self.feeds_next_mixer = family.feeds_next_mixer
+        # a mixer with `decode_token` can run norm + mixer for one decoded token in one fused call
+        self.fused_decode = self.norm is not None and hasattr(self.mixer, "decode_token")
 
     def forward(self, x: torch.Tensor, state, ctx: Context) -> torch.Tensor:
+        if self.fused_decode and ctx.valid is None:
+            out = self.mixer.decode_token(x, self.norm, state, ctx)
+            if out is not None:
+                return out
         return self.mixer(self.norm(x) if self.norm is not None else x, state, ctx)
 
 
@@ -130,11 +137,21 @@ class HybridLM(nn.Module):
             cache.seen = cache.seen + (input_ids.shape[1] if valid is None else valid.sum(1))
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        logits = self.lm_head(self.final_norm(x))
+        logits = self._fused_head(x) if fused_decode_applies(x, self.final_norm, self.lm_head) else None
+        if logits is None:
+            logits = self.lm_head(self.final_norm(x))
         if self.config.logit_softcap:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+    def _fused_head(self, x: torch.Tensor) -> torch.Tensor | None:
+        """lm_head(final_norm(x)) for one token in one fused call (ops/decode_cpu.py), or None."""
+        from .ops import decode_cpu
+
+        norm, head = self.final_norm, self.lm_head
+        weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, (head,)), norm)
+        return None if weights is None else decode_cpu.norm_project(x, weights)
 
     def _positions(self, input_ids: torch.Tensor, cache: Cache | None, valid: torch.Tensor | None) -> torch.Tensor:
         batch, n_new = input_ids.shape

@@ -1,10 +1,15 @@
-"""Where a decoded token's time goes: arithmetic against framework overhead (torch profiler).
+"""Where a decoded token's time goes, and how far it is from the weight-streaming floor.
 
-Per token at batch 1: the wall time; the time inside top-level aten ops and how many there are;
-everything else (Python, module calls, numba kernels, which are not aten ops); and the floor
-the hardware sets, max(FLOPs / matmul peak, weight bytes / memory bandwidth), both measured in
-the same run. A decoding step of a small model is far above that floor: it is a few hundred
-small eager ops, each paying ~10 us of dispatch.
+Per token at batch 1, for the fused decoding steps (the default kernels) and the eager reference:
+the wall time; the time inside top-level aten ops and how many there are (torch profiler);
+everything else (Python, module calls, numba kernels, which are not aten ops); and the floor.
+
+Decoding one token reads every weight it uses once (an MoE layer only its router and top-k experts;
+the embedding one row unless it is tied to the LM head, which reads it all), so the step cannot
+beat   floor = weight bytes read per token / single-core read bandwidth,
+the bandwidth measured in the same run as the best of a few `sum`s over a buffer as large as those
+weights (so it sits in the same level of the memory hierarchy as the model), alternated with the
+decoding runs. `floor_ratio` = wall / floor; 1.0 would be pure weight streaming.
 """
 
 from __future__ import annotations
@@ -13,11 +18,35 @@ import time
 
 import torch
 
-from ..analysis.flops import model_flops
+from ..analysis.params import active_parameters
 from ..model import HybridLM
 from ..ops.dispatch import kernels
 from ..presets import preset_config
-from .timing import Row, matmul_peak, memory_bandwidth
+from .timing import Row
+
+FP32_BYTES = 4
+
+
+def decode_weight_bytes(model: HybridLM) -> int:
+    """Bytes of parameters one decoded token reads: active parameters (analysis.params: MoE counts its
+    router and top-k experts), the embedding as one row when the LM head does not read it."""
+    embedding = model.embed_tokens.weight
+    elements = active_parameters(model)
+    if model.lm_head.weight is not embedding:
+        elements -= embedding.numel() - embedding.shape[1]
+    return elements * embedding.element_size()
+
+
+def read_bandwidth(nbytes: int, repeats: int = 5) -> float:
+    """Bytes/s of summing an fp32 buffer of `nbytes` (one read per element), best of `repeats`."""
+    buffer = torch.ones(max(nbytes // FP32_BYTES, 1 << 16))
+    buffer.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * FP32_BYTES / best
 
 
 def _decode(model: HybridLM, cache, steps: int) -> float:
@@ -28,33 +57,46 @@ def _decode(model: HybridLM, cache, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def decode_profile_rows(presets=("mamba", "transformer"), size: str = "small", steps: int = 32, prompt: int = 16):
-    peak, bandwidth = matmul_peak(), memory_bandwidth()
+def decode_profile_rows(
+    presets=("mamba", "jamba", "transformer"), size: str = "small", steps: int = 32, prompt: int = 16, rounds: int = 12
+):
+    """One row per preset and path: the best of `rounds` short runs (8 tokens, about as long as the
+    bandwidth probe, so that both have the same chance of a quiet moment on a shared machine) of
+    wall time per token, alternating the paths and the probe in one process; then one profiled run
+    of `steps` tokens per path for the op counts."""
     rows = []
     for preset in presets:
         torch.manual_seed(0)
-        config = preset_config(preset, size)
-        model = HybridLM(config).eval()
-        flops = model_flops(config, prompt + steps).decode_per_token
-        floor = max(flops / peak, 4 * model.num_parameters() / bandwidth)
-        for choice, label in (("", "kernels"), ("reference", "reference")):
-            with kernels(choice), torch.no_grad():
-                cache = model.allocate_cache(1, max_len=prompt + 3 * steps + 8)
-                model(torch.zeros(1, prompt, dtype=torch.long), cache=cache)
-                _decode(model, cache, 2)  # warm-up
-                wall = _decode(model, cache, steps)
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-                    profiled_wall = _decode(model, cache, steps)
-            top_level = [e for e in profile.events() if e.cpu_parent is None and e.name.startswith("aten::")]
-            in_ops = sum(e.cpu_time_total for e in top_level) / 1e6 / steps
-            notes = {
-                "wall_us": wall * 1e6,
-                "profiled_wall_us": profiled_wall * 1e6,
-                "aten_ops_per_token": len(top_level) / steps,
-                "in_aten_ops_us": in_ops * 1e6,
-                "outside_aten_ops_us": (profiled_wall - in_ops) * 1e6,
-                "hardware_floor_us": floor * 1e6,
-                "floor_fraction": floor / wall,
-            }
-            rows.append(Row("decode-profile", f"{preset} {size} decode step ({label})", wall, None, "", 1, notes))
+        model = HybridLM(preset_config(preset, size)).eval()
+        weight_bytes = decode_weight_bytes(model)
+        paths = (("", "fused kernels"), ("reference", "reference"))
+        caches, walls, bandwidth = {}, {choice: float("inf") for choice, _ in paths}, 0.0
+        with torch.inference_mode():
+            for choice, _ in paths:
+                with kernels(choice):
+                    caches[choice] = model.allocate_cache(1, max_len=prompt + 8 * rounds + steps + 8)
+                    model(torch.zeros(1, prompt, dtype=torch.long), cache=caches[choice])
+                    _decode(model, caches[choice], 2)  # warm-up (and numba's compilation)
+            for _ in range(rounds):
+                bandwidth = max(bandwidth, read_bandwidth(weight_bytes, repeats=2))
+                for choice, _ in paths:
+                    with kernels(choice):
+                        walls[choice] = min(walls[choice], _decode(model, caches[choice], 8))
+            floor = weight_bytes / bandwidth
+            for choice, label in paths:
+                with kernels(choice), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                    profiled_wall = _decode(model, caches[choice], steps)
+                top_level = [e for e in p.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+                in_ops = sum(e.cpu_time_total for e in top_level) / 1e6 / steps
+                wall = walls[choice]
+                notes = {
+                    "aten_ops_per_token": len(top_level) / steps,
+                    "in_aten_ops_us": in_ops * 1e6,
+                    "outside_aten_ops_us": max(profiled_wall - in_ops, 0.0) * 1e6,
+                    "weight_MB_per_token": weight_bytes / 1e6,
+                    "read_GB_per_s": bandwidth / 1e9,
+                    "floor_us": floor * 1e6,
+                    "floor_ratio": wall / floor,
+                }
+                rows.append(Row("decode-profile", f"{preset} {size} decode step ({label})", wall, None, "", 1, notes))
     return rows

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import EMPTY, KVCache, State
+from ..ops.dispatch import fused_decode_applies
 from .base import (
     POSITION_BYTES,
     CacheBytes,
@@ -155,10 +156,35 @@ class Attention(Mixer):
 
     def forward(self, x: torch.Tensor, state, ctx: Context, adapters=None) -> torch.Tensor:
         """x (B, N, d_in) -> (B, N, d_out). `adapters`: optional LoRA modules added to q, k, v (Zamba2)."""
-        batch, n_new, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if adapters is not None:
             q, k, v = q + adapters[0](x), k + adapters[1](x), v + adapters[2](x)
+        return self.attend(q, k, v, state, ctx)
+
+    def decode_token(self, x: torch.Tensor, norm, state, ctx: Context) -> torch.Tensor | None:
+        """Attention of norm(x) for one token x (B, 1, d_in): the norm and [q | k | v] as one GEMV in one
+        fused call (ops/decode_cpu.py), then `attend`; None where it does not apply."""
+        if state is None or self.short_conv is not None or not fused_decode_applies(x, self, norm):
+            return None
+        if self.rope is not None and self.rope.inv_freq.dtype != torch.float32:
+            return None
+        from ..ops import decode_cpu
+
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, projections), norm)
+        if weights is None:
+            return None
+        rope = None
+        if self.rope is not None:  # rotated in the same call: queries and keys are the first H + H_kv heads
+            rope = (ctx.positions, self.rope.inv_freq, self.head_dim, self.n_heads + self.n_kv_heads)
+        qkv = decode_cpu.norm_project(x, weights, rope)
+        q, k, v = qkv.split([p.out_features for p in projections], dim=-1)
+        return self.attend(q, k, v, state, ctx, rotated=True)
+
+    def attend(self, q, k, v, state, ctx: Context, rotated: bool = False) -> torch.Tensor:
+        """Projected q (B, N, H D), k and v (B, N, H_kv D) -> o_proj of the attention output (B, N, d_out);
+        `rotated`: RoPE is already applied to q and k."""
+        batch, n_new, _ = q.shape
         kv_state = state
         if self.short_conv is not None:
             qkv, conv_state = self.short_conv(
@@ -171,7 +197,7 @@ class Attention(Mixer):
         q = q.view(batch, n_new, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         k = k.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = v.view(batch, n_new, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.rope is not None:
+        if self.rope is not None and not rotated:
             rotations = self.rope.rotations(ctx.positions)
             q, k = self.rope(q, rotations), self.rope(k, rotations)
         query_positions = ctx.positions if ctx.valid is None else ctx.positions.masked_fill(~ctx.valid, EMPTY)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import State
-from ..ops.dispatch import mamba_decode_step, selective_scan
+from ..ops.dispatch import fused_decode_applies, mamba_decode_step, selective_scan
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -162,6 +162,20 @@ class Mamba(Mixer):
             state.conv.copy_(conv_state)
             state.ssm.copy_(ssm_state)
         return self.out_proj(y)
+
+    def decode_token(self, u: torch.Tensor, norm, state: ConvSSMState | None, ctx: Context) -> torch.Tensor | None:
+        """out_proj(mixer(norm(u))) for one token u (b, 1, d) in one fused call (ops/mamba_step_cpu.py),
+        updating `state` in place; None where that kernel does not apply (the caller runs forward)."""
+        if state is None or not fused_decode_applies(u, self, norm):
+            return None
+        if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
+            return None
+        from ..ops import decode_cpu, mamba_step_cpu
+
+        weights = decode_cpu.cached_weights(self, lambda mixer: mamba_step_cpu.sublayer_weights(norm, mixer), norm)
+        if weights is None:
+            return None
+        return mamba_step_cpu.mamba_sublayer_step(u, state.conv, state.ssm, weights)
 
     def scan_inputs(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
         """Everything up to the scan: x (b, l, d_in) after conv and SiLU, gate z, dt (b, l, d_in), B and C

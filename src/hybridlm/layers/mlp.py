@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.dispatch import fused_decode_applies
 from .base import Flops, TokenwiseMixer, check_positive, linear_flops, require
 
 ACTIVATION_FUNCTIONS = {
@@ -76,6 +77,10 @@ class MLP(TokenwiseMixer):
 
     def forward(self, x: torch.Tensor, state=None, ctx=None, gate_up_delta: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, d) -> (B, N, d). `gate_up_delta` (B, N, 2 d_ff): a LoRA term added to [gate | up]."""
+        if gate_up_delta is None and x.numel() == x.shape[-1] and x.dim() > 1:  # one token (an MoE expert's)
+            out = self.decode_token(x.view(1, 1, -1), None)
+            if out is not None:
+                return out.view(x.shape)
         up = self.up_proj(x)
         if self.gate_proj is None:
             return self.down_proj(self.activation(up))
@@ -84,6 +89,16 @@ class MLP(TokenwiseMixer):
             gate_delta, up_delta = gate_up_delta.chunk(2, dim=-1)
             gate, up = gate + gate_delta, up + up_delta
         return self.down_proj(self.activation(gate) * up)
+
+    def decode_token(self, x: torch.Tensor, norm, state=None, ctx=None) -> torch.Tensor | None:
+        """The MLP of norm(x) (norm None: of x) for one token x (b, 1, d) in one fused call, [gate | up]
+        read as one GEMV (ops/decode_cpu.py); None where it does not apply (the caller runs forward)."""
+        if not fused_decode_applies(x, *([norm] if norm is not None else [])):
+            return None
+        from ..ops import decode_cpu
+
+        weights = decode_cpu.cached_weights(self, lambda mlp: decode_cpu.mlp_weights(norm, mlp), norm)
+        return None if weights is None else decode_cpu.mlp_step(x, weights)
 
     def flops(self, seq_len: int) -> Flops:
         """Its two or three linears per token; nothing along the sequence."""

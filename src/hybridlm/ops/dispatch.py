@@ -138,9 +138,9 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, initial_state=None):
 def mamba_decode_step(x_in, z, conv_state, ssm_state, weights: dict):
     """One Mamba-1 token (conv, projections, scan, gate) in one numba call, updating the states in place:
     y (b, 1, d_in), or None where it does not apply (another backend, more than one token, autograd
-    on, or states that are not contiguous float32); the caller then runs its layer code.
-    `weights`: the tensors `ops.mamba_step_cpu.mamba_decode_step` names, by keyword."""
-    if backend_for(x_in) != "numba" or x_in.shape[1] != 1 or torch.is_grad_enabled():
+    on, torch.compile tracing, or states that are not contiguous float32); the caller then runs its
+    layer code. `weights`: the tensors `ops.mamba_step_cpu.mamba_decode_step` names, by keyword."""
+    if torch.compiler.is_compiling() or x_in.shape[1] != 1 or torch.is_grad_enabled() or backend_for(x_in) != "numba":
         return None
     if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, ssm_state)):
         return None
@@ -229,12 +229,30 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
     return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size=chunk_size)
 
 
+def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
+    """Whether a fused CPU decoding step (ops/decode_cpu.py, ops/mamba_step_cpu.py) may replace a
+    pre-normed sub-layer's eager ops for x (b, 1, d): numba chosen for x, one float32 token, no
+    autograd and no tracing, and no forward hooks on `modules` (probes and profilers see them run)."""
+    if x.shape[1] != 1 or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    hooks = torch.nn.modules.module  # checks ordered cheapest first: this runs for every sub-layer of a step
+    if not x.is_cpu or kernel_choice().cpu != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return False
+    return not any(module._forward_hooks or module._forward_pre_hooks for module in modules)
+
+
 def mamba2_decode_step(projected, conv_state, ssm_state, weights: dict):
     """One Mamba-2 token (conv, dt, SSD update, gated RMSNorm) in one numba call, updating the states
     in place: the norm's output (b, 1, d_in), or None where it does not apply (another backend, more
-    than one token, autograd on, or states that are not contiguous float32); the caller then runs its
-    layer code. `weights`: the tensors `ops.mamba2_step_cpu.mamba2_decode_step` names, by keyword."""
-    if backend_for(projected) != "numba" or projected.shape[1] != 1 or torch.is_grad_enabled():
+    than one token, autograd on, torch.compile tracing, or states that are not contiguous float32); the
+    caller then runs its layer code. `weights`: the tensors `ops.mamba2_step_cpu.mamba2_decode_step`
+    names, by keyword."""
+    if (
+        torch.compiler.is_compiling()
+        or projected.shape[1] != 1
+        or torch.is_grad_enabled()
+        or backend_for(projected) != "numba"
+    ):
         return None
     if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, ssm_state)):
         return None

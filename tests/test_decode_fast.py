@@ -1,0 +1,170 @@
+"""The fused decoding steps (ops/decode_cpu.py, ops/mamba_step_cpu.py) against the eager reference.
+
+Each fused call replaces a pre-normed sub-layer's eager ops for one token; its views of the weights
+must follow every way a weight changes (in place, an optimizer step, load_state_dict, a replaced
+parameter), and it must stand aside under autograd and forward hooks.
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hybridlm import HybridLM, ModelConfig
+from hybridlm.ops.dispatch import kernels
+
+pytest.importorskip("numba")
+
+from hybridlm.ops import decode_cpu, mamba_step_cpu  # noqa: E402
+
+TOLERANCE = 2e-5
+FUSED_PRESETS = ("mamba", "jamba", "transformer", "zamba", "griffin")  # griffin: partial RoPE, (1 + w) norms
+
+
+def _decode(model: HybridLM, tokens: torch.Tensor, prompt: int = 3) -> torch.Tensor:
+    """Logits of every token after the prompt, decoded one at a time (b, N - prompt, V)."""
+    with torch.inference_mode():
+        cache = model.allocate_cache(tokens.shape[0], max_len=tokens.shape[1])
+        model(tokens[:, :prompt], cache=cache)
+        return torch.cat([model(tokens[:, t : t + 1], cache=cache) for t in range(prompt, tokens.shape[1])], 1)
+
+
+def _reference_decode(model, tokens):
+    with kernels("reference"):
+        return _decode(model, tokens)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many times each fused kernel ran."""
+    counts = {"mamba": 0, "mlp": 0, "project": 0}
+
+    def counting(name, fn):
+        def wrapper(*args):
+            counts[name] += 1
+            return fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(mamba_step_cpu, "_sublayer_step", counting("mamba", mamba_step_cpu._sublayer_step))
+    monkeypatch.setattr(decode_cpu, "_mlp_step", counting("mlp", decode_cpu._mlp_step))
+    monkeypatch.setattr(decode_cpu, "_norm_project", counting("project", decode_cpu._norm_project))
+    return counts
+
+
+@pytest.mark.parametrize("name", FUSED_PRESETS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_decode_equals_reference_and_full_forward(name, batch, calls):
+    torch.manual_seed(0)
+    model = HybridLM(ModelConfig.from_preset(name, "tiny")).eval()
+    tokens = torch.randint(0, 258, (batch, 11))
+    fused = _decode(model, tokens)
+    reference = _reference_decode(model, tokens)
+    with torch.no_grad():
+        full = model(tokens)[:, 3:]
+    assert (fused - reference).abs().max() <= TOLERANCE
+    assert (fused - full).abs().max() <= TOLERANCE
+    chars = model.config.chars
+    steps = tokens.shape[1] - 3
+    assert calls["mamba"] == steps * chars.count("M")
+    if model.config.mlp.activation == "silu":  # the fused MLP covers SiLU only (griffin's GeLU runs eagerly)
+        assert calls["mlp"] >= steps * chars.count("F")  # and MoE experts (one token each) when the pattern has E
+        if "E" in chars:
+            assert calls["mlp"] > steps * chars.count("F")
+    attention = chars.count("A") + chars.count("L")
+    assert calls["project"] == steps * (1 + attention)  # the LM head and each attention's q, k, v
+
+
+def test_offset_norm_and_biases():
+    """Gemma's (1 + w) norm and biased projections take the fused path with the same result."""
+    overrides = {"norm_offset": True, "mlp": {"bias": True}, "attention": {"qkv_bias": True}}
+    config = ModelConfig.from_preset("transformer", "tiny", **overrides)
+    model = HybridLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # nonzero biases and norm offsets
+    tokens = torch.randint(0, 258, (2, 9))
+    assert (_decode(model, tokens) - _reference_decode(model, tokens)).abs().max() <= TOLERANCE
+
+
+def _changes(model: HybridLM):
+    """Ways a weight changes between two decoding runs, each applied to the model in turn."""
+    mamba = next(layer.mixer for layer in model.layers if layer.char == "M")
+    mlp = next(layer.mixer for layer in model.layers if layer.char == "F")
+    attention = next(layer.mixer for layer in model.layers if layer.char == "A")
+    norm = next(layer.norm for layer in model.layers if layer.char == "M")
+
+    def in_place():
+        with torch.no_grad():
+            mamba.in_proj.weight.mul_(1.5)
+            mlp.up_proj.weight.mul_(-1.0)
+            attention.v_proj.weight.mul_(2.0)
+            norm.weight.add_(0.5)
+
+    def derived_A():
+        with torch.no_grad():
+            mamba.A_log.add_(1.0)  # A = -exp(A_log) is the kernel's one copy
+
+    def replaced_parameter():
+        mamba.out_proj.weight = nn.Parameter(torch.randn_like(mamba.out_proj.weight))
+        attention.k_proj.weight = nn.Parameter(torch.randn_like(attention.k_proj.weight))
+
+    def new_storage():
+        mlp.gate_proj.weight.data = torch.randn_like(mlp.gate_proj.weight)
+        model.lm_head.weight.data = torch.randn_like(model.lm_head.weight)
+
+    def loaded():
+        other = HybridLM(model.config)
+        model.load_state_dict(other.state_dict())
+
+    def optimizer_step():
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        model.train()
+        model(torch.randint(0, 258, (1, 6))).square().mean().backward()
+        optimizer.step()
+        model.eval()
+
+    return [in_place, derived_A, replaced_parameter, new_storage, loaded, optimizer_step]
+
+
+@pytest.mark.parametrize("change", range(6))
+def test_weight_changes_reach_the_fused_step(change):
+    torch.manual_seed(change)
+    model = HybridLM(ModelConfig.from_preset("jamba", "tiny")).eval()
+    tokens = torch.randint(0, 258, (1, 8))
+    before = _decode(model, tokens)  # builds and caches the kernels' weight views
+    _changes(model)[change]()
+    after = _decode(model, tokens)
+    assert (after - before).abs().max() > 1e-3  # the change is visible ...
+    assert (after - _reference_decode(model, tokens)).abs().max() <= TOLERANCE  # ... and exactly applied
+
+
+def test_copies_decode_their_own_weights():
+    torch.manual_seed(1)
+    model = HybridLM(ModelConfig.from_preset("mamba", "tiny")).eval()
+    tokens = torch.randint(0, 258, (1, 8))
+    original = _decode(model, tokens)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            parameter.mul_(0.5)
+    assert (_decode(twin, tokens) - _reference_decode(twin, tokens)).abs().max() <= TOLERANCE
+    assert torch.equal(_decode(model, tokens), original)
+
+
+def test_fused_step_stands_aside_for_hooks_and_autograd(calls):
+    torch.manual_seed(2)
+    model = HybridLM(ModelConfig.from_preset("jamba", "tiny")).eval()
+    tokens = torch.randint(0, 258, (1, 6))
+    seen = []
+    handle = model.layers[0].mixer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    _decode(model, tokens)
+    handle.remove()
+    assert len(seen) == 4  # prompt + 3 decoded tokens, all through the hooked forward
+    assert calls["mamba"] == 3 * (model.config.chars.count("M") - 1)
+    before = dict(calls)
+    logits = model(tokens[:, :1])  # one token with grad enabled: the eager path, differentiable
+    logits.sum().backward()
+    assert calls == before
+    assert model.layers[0].mixer.in_proj.weight.grad is not None
