@@ -67,3 +67,20 @@ def test_model_aux_loss_uses_configured_coefficient():
     aux = [layer.mixer.stats.aux for layer in model.layers if layer.char == "E"]
     assert model.aux_loss().item() == pytest.approx(0.5 * sum(a.item() for a in aux))
     assert 2.0 - 1e-5 <= aux[0].item() <= 4.0 + 1e-5  # between balanced (K) and collapsed (E)
+
+
+@pytest.mark.parametrize("normalize_top_k, batch", [(False, 1), (True, 2)])
+def test_fused_decode_token_equals_the_eager_layer_and_follows_weight_updates(normalize_top_k, batch):
+    from hybridlm.layers.norm import RMSNorm
+
+    torch.manual_seed(0)
+    moe = MoE(d_model=16, d_ff=24, n_experts=8, top_k=2, normalize_top_k=normalize_top_k).eval()
+    norm = RMSNorm(16)
+    x = torch.randn(batch, 1, 16)
+    with torch.no_grad():
+        for _ in range(2):  # the second time after an in-place change of one expert's weights
+            fused = moe.decode_token(x, norm)
+            assert fused is not None and moe.stats is not None
+            torch.testing.assert_close(fused, moe(norm(x)), rtol=1e-5, atol=1e-6)
+            for expert in moe.experts:
+                expert.down_proj.weight.mul_(2.0)

@@ -21,6 +21,7 @@ from ..layers.context import Context
 from ..model import HybridLM
 from ..ops.dispatch import kernels, selective_scan
 from ..ops.selective_scan import selective_scan_ref
+from . import scan_floor
 from .timing import Row, alternated_times, best_time
 
 D_MODEL = 256
@@ -201,6 +202,8 @@ def kernel_rows(quick: bool) -> list[Row]:
             + layer_rows([1024])
             + huggingface_mixer_rows(forward_length=1024, backward_length=256)
             + hyena_decode_rows(steps=100)
+            + recurrent_block_rows(forward_length=1024, backward_length=128, steps=100)
+            + scan_floor.floor_rows([1024])
             + huggingface_mamba2_rows([1024], repeats=3)
         )
     return (
@@ -208,5 +211,51 @@ def kernel_rows(quick: bool) -> list[Row]:
         + layer_rows([4096])
         + huggingface_mixer_rows(forward_length=4096, backward_length=1024)
         + hyena_decode_rows()
+        + recurrent_block_rows()
+        + scan_floor.floor_rows([1024, 4096])
         + huggingface_mamba2_rows([1024, 4096])
     )
+
+
+def recurrent_block_rows(size: str = "small", forward_length: int = 2048, backward_length: int = 256, steps: int = 200):
+    """Griffin's recurrent block (RG-LRU) against transformers' RecurrentGemmaRecurrentBlock, the same
+    weights (the griffin preset's first layer): forward, forward+backward (batch 2), and decoding
+    `steps` tokens one at a time from a cache."""
+    from .models import paired_models
+
+    pair = paired_models("griffin", size)
+    if pair is None:
+        return []
+    ours_model, theirs_model, _ = pair
+    ours, theirs = ours_model.layers[0].mixer, theirs_model.model.layers[0].temporal_block
+    d_model = ours_model.config.d_model
+    rows = []
+    for mode, length, batch in (("fwd", forward_length, 1), ("fwd+bwd", backward_length, 2)):
+        u = torch.randn(batch, length, d_model)
+        positions = torch.arange(length).expand(batch, length)
+        ctx = Context(positions=positions)
+        wrap = _no_grad if mode == "fwd" else _backward_of
+        ours_run = wrap(lambda u, ctx=ctx: ours(u, None, ctx), [u])
+        theirs_run = wrap(lambda u, positions=positions: theirs(u, positions, None, use_cache=False)[0], [u])
+        ours_s, theirs_s = alternated_times(ours_run, theirs_run, 3)
+        name = f"RG-LRU block ({size}) {mode} {batch}x{length}"
+        rows.append(Row("kernels", name, ours_s, theirs_s, "transformers RecurrentGemmaRecurrentBlock", batch * length))
+    tokens = torch.randn(steps, 1, 1, d_model)
+
+    def ours_decode():
+        state = ours.allocate_state(1, None, "cpu", torch.float32)
+        with torch.inference_mode():
+            for step in range(steps):
+                ours(tokens[step], state, Context(positions=torch.full((1, 1), step + 1)))
+
+    def theirs_decode():
+        theirs._setup_cache(1, "cpu", torch.float32)
+        theirs.conv1d_state = torch.zeros(1, ours.width, ours.options.d_conv - 1)  # HF sizes it by d_model
+        with torch.inference_mode():
+            for step in range(steps):
+                theirs(tokens[step], torch.full((1, 1), step + 1), None, use_cache=True)
+
+    ours_s, theirs_s = alternated_times(ours_decode, theirs_decode, 3)
+    name = f"RG-LRU block ({size}) decode step x{steps}"
+    rows.append(Row("kernels", name, ours_s, theirs_s, "transformers RecurrentGemmaRecurrentBlock", steps))
+    return rows

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..cache import EMPTY, KVCache, State
 from ..ops.dispatch import fused_decode_applies
+from ..ops.sliding_window import block_size, sliding_window_attention
 from .base import (
     POSITION_BYTES,
     CacheBytes,
@@ -214,7 +215,9 @@ class Attention(Mixer):
                 k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
                 v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         unmasked = ctx.valid is None and self.window is None
-        if unmasked and kv_state is None:
+        if self.window is not None and ctx.valid is None and kv_state is None and n_new > 2 * block_size(self.window):
+            y = sliding_window_attention(q, k, v, self.window, self.scale)  # keys at positions 0..N-1
+        elif unmasked and kv_state is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **sdpa)
         elif unmasked and n_new == 1 and not kv_state.holds_padding:  # decoding: every stored key is visible
             y = F.scaled_dot_product_attention(q, k, v, **sdpa)

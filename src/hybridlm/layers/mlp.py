@@ -61,7 +61,7 @@ class MLP(TokenwiseMixer):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "silu", gated: bool = True, bias: bool = False):
         super().__init__()
-        self.activation = ACTIVATION_FUNCTIONS[activation]
+        self.activation, self.activation_name = ACTIVATION_FUNCTIONS[activation], activation
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias) if gated else None
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..ops.dispatch import fused_decode_applies
 from ..ops.grouped_mm import grouped_mm
 from .base import Flops, TokenwiseMixer, check_positive, linear_flops, require
 from .mlp import MLP
@@ -126,6 +127,28 @@ class MoE(TokenwiseMixer):
         valid = None if ctx is None or ctx.valid is None else ctx.valid.reshape(-1)
         self._routing = (probs, top_experts, valid)
         return output.view_as(x)
+
+    def decode_token(self, x: torch.Tensor, norm, state=None, ctx=None) -> torch.Tensor | None:
+        """One decoded token x (b, 1, d): the router of norm(x) in one fused call, then each row's top-k
+        experts as fused MLP steps on norm(x) (ops/decode_cpu.py); None where that does not apply."""
+        if x.shape[0] * self.top_k > self.n_experts or not fused_decode_applies(x, self, norm, *self.experts):
+            return None
+        from ..ops import decode_cpu
+
+        router = decode_cpu.cached_weights(self.router, lambda r: decode_cpu.projection_weights(norm, (r,)), norm)
+        experts = [decode_cpu.cached_weights(e, lambda m: decode_cpu.mlp_weights(norm, m), norm) for e in self.experts]
+        if router is None or any(weights is None for weights in experts):
+            return None
+        probs = torch.softmax(decode_cpu.norm_project(x, router).view(x.shape[0], -1), dim=-1)  # (b, E)
+        top_probs, top_experts = probs.topk(self.top_k, dim=-1)
+        if self.normalize_top_k:
+            top_probs = top_probs / top_probs.sum(-1, keepdim=True)
+        self._routing = (probs, top_experts, None)
+        rows = []
+        for row, (chosen, weights) in enumerate(zip(top_experts.tolist(), top_probs.tolist())):
+            one = x[row : row + 1]
+            rows.append(sum(w * decode_cpu.mlp_step(one, experts[e]) for e, w in zip(chosen, weights)))
+        return torch.cat(rows)
 
     def _few_tokens(self, tokens: torch.Tensor, top_probs: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor:
         """Decoding: each of the T * K chosen (token, expert) pairs directly, no search over experts."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import State
-from ..ops.dispatch import rglru_scan
+from ..ops.dispatch import RGLRU_WEIGHTS, fused_decode_applies, rglru_decode_step, rglru_gated, rglru_scan
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -115,13 +115,22 @@ class RGLRU(nn.Module):
         gate_r = torch.einsum("blhi,hio->blho", x_blocks, self.recurrent_gate_weight) + self.recurrent_gate_bias
         return torch.sigmoid(gate_i.flatten(-2)), torch.sigmoid(gate_r.flatten(-2))
 
+    def log_a_scale(self) -> torch.Tensor:
+        """(w,): log a_t = r_t * log_a_scale."""
+        return -self.c * F.softplus(self.a_param.float())
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, initial_state=None):
         """x (b, l, w), positions (b, l) -> y (b, l, w), final state (b, w) fp32."""
         gate_i, gate_r = self.gates(x)
-        log_a_scale = -self.c * F.softplus(self.a_param.float())  # (w,): log a_t = r_t * log_a_scale
         reset = positions == 0  # document start: forget the past, keep the input whole
-        states, final_state = rglru_scan(x, gate_i, gate_r, log_a_scale, reset, initial_state)
+        states, final_state = rglru_scan(x, gate_i, gate_r, self.log_a_scale(), reset, initial_state)
         return states.to(x.dtype), final_state
+
+    def gated(self, x: torch.Tensor, y_pre: torch.Tensor, positions: torch.Tensor, activation: str, initial_state=None):
+        """forward(x) * act(y_pre) in one fused kernel (gates, recurrence, product): (b, l, w) fp32 and
+        the final state, or None where no kernel applies."""
+        weights = {name: getattr(self, name) for name in RGLRU_WEIGHTS}
+        return rglru_gated(x, y_pre, weights, self.log_a_scale(), positions == 0, initial_state, activation)
 
 
 class RecurrentBlock(Mixer):
@@ -155,14 +164,50 @@ class RecurrentBlock(Mixer):
             rnn=torch.zeros(batch_size, self.width, device=device, dtype=torch.float32),
         )
 
+    def decode_token(self, x: torch.Tensor, norm, state: RecurrentState | None, ctx: Context) -> torch.Tensor | None:
+        """The block of norm(x) for one decoded token x (b, 1, d): the norm in one numba call
+        (ops/decode_cpu.py), then the fused step of `forward`; None where that does not apply."""
+        if state is None or not fused_decode_applies(x, self, norm):
+            return None
+        from ..ops import decode_cpu
+
+        return self.forward(decode_cpu.rms_norm(x, norm), state, ctx)
+
     def forward(self, u: torch.Tensor, state: RecurrentState | None, ctx: Context) -> torch.Tensor:
-        """u (b, l, d) -> (b, l, d); updates `state` (conv, rnn) in place when given."""
-        branch_y, x, conv_state = self.branches(u, ctx, None if state is None else state.conv)
-        h, rnn_state = self.rg_lru(x, ctx.positions, None if state is None else state.rnn)
+        """u (b, l, d) -> (b, l, d); updates `state` (conv, rnn) in place when given.
+
+        Decoding one token runs the fused step (ops/rglru_step_cpu.py), longer inputs the fused core
+        (gates, recurrence, product with the y branch: ops/linear_scan_cpu.py) where a kernel applies."""
+        if state is not None and ctx.valid is None and u.shape[1] == 1:
+            weights, c, activation = self._step_weights(), self.rg_lru.c, self.options.activation
+            out = rglru_decode_step(u, ctx.positions, state.conv, state.rnn, weights, c, activation)
+            if out is not None:
+                return out.to(u.dtype)
+        y_pre, x_in = self.linear_y(u), self.linear_x(u)
+        x, conv_state = self.conv(ctx.zero_padding(x_in), None if state is None else state.conv)
+        x = ctx.zero_padding(x)
+        initial_state = None if state is None else state.rnn
+        fused = self.rg_lru.gated(x, y_pre, ctx.positions, self.options.activation, initial_state)
+        if fused is None:
+            h, rnn_state = self.rg_lru(x, ctx.positions, initial_state)
+            gated = h * self.activation(y_pre)
+        else:
+            gated, rnn_state = fused
         if state is not None:  # in place: the cache's tensors are allocated once
             state.conv.copy_(conv_state)
             state.rnn.copy_(rnn_state)
-        return self.linear_out(h * branch_y)
+        return self.linear_out(gated.to(u.dtype))
+
+    def _step_weights(self) -> dict:
+        """The decoding step's weights by the names ops.rglru_step_cpu.STEP_WEIGHTS gives them, read from
+        the modules' parameter dicts: an nn.Module attribute lookup costs ~0.5 us, a dozen per token."""
+        modules = self._modules
+        lru, conv = modules["rg_lru"]._parameters, modules["conv"]._parameters
+        weights = {name: lru[name] for name in RGLRU_WEIGHTS}
+        for prefix in ("x", "y", "out"):
+            linear = modules[f"linear_{prefix}"]._parameters
+            weights[f"{prefix}_weight"], weights[f"{prefix}_bias"] = linear["weight"], linear.get("bias")
+        return {"conv_weight": conv["weight"], "conv_bias": conv.get("bias"), "a_param": lru["a_param"], **weights}
 
     def branches(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
         """The gate branch act(linear_y(u)), the recurrence input x (b, l, w) after the conv, the conv's state."""

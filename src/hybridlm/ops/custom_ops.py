@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.library import custom_op, register_autograd, register_fake
 
+from . import linear_scan_cpu
 from .causal_conv_cpu import CausalConv1dFunction, causal_conv1d_forward
 from .gated_norm_cpu import gated_rms_norm_backward as gated_rms_norm_backward_kernel
 from .gated_norm_cpu import gated_rms_norm_forward
@@ -246,6 +247,96 @@ def _modal_backward(ctx, grad_out, grad_final, _grad_checkpoints):
 
 
 register_autograd("hybridlm::modal_recurrence", _modal_backward, setup_context=_modal_setup)
+
+
+# ---- RG-LRU block core (x, y_pre (b, l, d); gate weights (h, w, w), biases (h, w); log_a_scale (d,);
+# reset (b, l) bool; h0 (b, d)): out = h * act(y_pre) ----
+@custom_op("hybridlm::rglru_gated", mutates_args=(), device_types="cpu")
+def rglru_gated(
+    x: Tensor,
+    y_pre: Tensor,
+    input_gate_weight: Tensor,
+    input_gate_bias: Tensor,
+    recurrent_gate_weight: Tensor,
+    recurrent_gate_bias: Tensor,
+    log_a_scale: Tensor,
+    reset: Tensor,
+    initial_state: Tensor,
+    activation: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """out (b, l, d), the final state (b, d), all states (b, l, d), gate pre-activations (h, b l, 2w); fp32."""
+    return linear_scan_cpu.rglru_gated_forward(
+        x, y_pre, input_gate_weight, input_gate_bias, recurrent_gate_weight, recurrent_gate_bias,
+        log_a_scale, reset, initial_state, activation, keep=True,
+    )  # fmt: skip
+
+
+@register_fake("hybridlm::rglru_gated")
+def _(x, y_pre, input_gate_weight, input_gate_bias, recurrent_gate_weight, recurrent_gate_bias, *rest):
+    batch, length, channels = x.shape
+    heads, block = input_gate_weight.shape[:2]
+    return (
+        x.new_empty(x.shape, dtype=torch.float32),
+        x.new_empty(batch, channels, dtype=torch.float32),
+        x.new_empty(x.shape, dtype=torch.float32),
+        x.new_empty(heads, batch * length, 2 * block, dtype=torch.float32),
+    )
+
+
+@custom_op("hybridlm::rglru_gated_backward", mutates_args=(), device_types="cpu")
+def rglru_gated_backward(
+    x: Tensor,
+    y_pre: Tensor,
+    input_gate_weight: Tensor,
+    recurrent_gate_weight: Tensor,
+    log_a_scale: Tensor,
+    reset: Tensor,
+    initial_state: Tensor,
+    states: Tensor,
+    gates: Tensor,
+    grad_out: Tensor,
+    grad_final: Tensor,
+    activation: str,
+) -> list[Tensor]:
+    """Gradients of x, y_pre, both gates' weights and biases, log_a_scale and the initial state (fp32)."""
+    return list(linear_scan_cpu.rglru_gated_backward(
+        x, y_pre, input_gate_weight, recurrent_gate_weight, log_a_scale, reset, initial_state,
+        states.detach(), gates.detach(), grad_out, grad_final, activation,
+    ))  # fmt: skip
+
+
+@register_fake("hybridlm::rglru_gated_backward")
+def _(x, y_pre, input_gate_weight, recurrent_gate_weight, log_a_scale, reset, initial_state, *rest):
+    heads, block = input_gate_weight.shape[:2]
+    weights = [x.new_empty(heads, block, block, dtype=torch.float32) for _ in range(2)]
+    biases = [x.new_empty(heads, block, dtype=torch.float32) for _ in range(2)]
+    like = [x.new_empty(t.shape, dtype=torch.float32) for t in (x, y_pre)]
+    scale_and_state = [x.new_empty(t.shape, dtype=torch.float32) for t in (log_a_scale, initial_state)]
+    return [*like, weights[0], biases[0], weights[1], biases[1], *scale_and_state]
+
+
+def _gated_setup(ctx, inputs, output):
+    x, y_pre, input_gate_weight, _, recurrent_gate_weight, _, log_a_scale, reset, initial_state, activation = inputs
+    ctx.save_for_backward(
+        x, y_pre, input_gate_weight, recurrent_gate_weight, log_a_scale, reset, initial_state, output[2], output[3]
+    )
+    ctx.activation = activation
+    ctx.dtypes = [t.dtype for t in inputs[:7]] + [initial_state.dtype]
+
+
+def _gated_backward(ctx, grad_out, grad_final, _grad_states, _grad_gates):
+    saved = ctx.saved_tensors
+    initial_state, states = saved[6], saved[7]
+    if grad_out is None:
+        grad_out = torch.zeros_like(states)
+    if grad_final is None:
+        grad_final = torch.zeros(initial_state.shape, dtype=torch.float32)
+    grads = rglru_gated_backward(*saved, grad_out, grad_final, ctx.activation)
+    grads = [grad.to(dtype) for grad, dtype in zip(grads, ctx.dtypes)]
+    return (*grads[:7], None, grads[7], None)
+
+
+register_autograd("hybridlm::rglru_gated", _gated_backward, setup_context=_gated_setup)
 
 
 # ---- Mamba-2 SSD (x (b, l, h, p); dt (b, l, h); A, D (h,); B, C (b, l, g, n); h0 (b, h, p, n)) ----

@@ -157,7 +157,7 @@ def _rope_in_place(out, positions, inv_freq, head_dim, heads):
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
-def _mlp_step(x, norm_weight, eps, offset, gate, gate_bias, up, up_bias, down, down_bias, out):
+def _mlp_step(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
     batch = x.shape[0]
     hidden = up.shape[0]
     normed = np.empty_like(x)
@@ -167,19 +167,43 @@ def _mlp_step(x, norm_weight, eps, offset, gate, gate_bias, up, up_bias, down, d
         normed[:] = x
     up_out = np.empty((batch, hidden), np.float32)
     gemv_into(up, up_bias, normed, up_out, 0)
-    if gate.size:  # SwiGLU: SiLU(W_gate x) * (W_up x)
+    if gate.size:  # gated: act(W_gate x) * (W_up x)
         gate_out = np.empty((batch, hidden), np.float32)
         gemv_into(gate, gate_bias, normed, gate_out, 0)
         for row in range(batch):
             for i in range(hidden):
-                g = gate_out[row, i]
-                up_out[row, i] = g * sigmoid(g) * up_out[row, i]
-    else:  # plain: SiLU(W_up x)
+                up_out[row, i] = _activate(gate_out[row, i], activation) * up_out[row, i]
+    else:  # plain: act(W_up x)
         for row in range(batch):
             for i in range(hidden):
-                u = up_out[row, i]
-                up_out[row, i] = u * sigmoid(u)
+                up_out[row, i] = _activate(up_out[row, i], activation)
     gemv_into(down, down_bias, up_out, out, 0)
+
+
+ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1}  # the MLP activations `_mlp_step` computes
+GELU_TANH_SCALE = np.float32(2.0 * np.sqrt(2.0 / np.pi))
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _activate(v, activation):
+    """SiLU v sigmoid(v) (code 0), or tanh-approximated GeLU (code 1) in its sigmoid form:
+    0.5 v (1 + tanh(u)) = v sigmoid(2 u), u = sqrt(2 / pi) (v + 0.044715 v^3)."""
+    if activation == 0:
+        return v * sigmoid(v)
+    return v * sigmoid(GELU_TANH_SCALE * (v + np.float32(0.044715) * v * v * v))
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _rms_norm(x, weight, eps, offset, out):
+    rms_norm_into(x, weight, eps, offset, out)
+
+
+def rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """RMSNorm of one token x (b, 1, d) in one call, for a mixer whose step takes its input normed."""
+    batch = x.shape[0]
+    out = np.empty((batch, x.shape[-1]), np.float32)
+    _rms_norm(x.reshape(batch, -1).numpy(), *norm_views(norm), out)
+    return torch.from_numpy(out).view(batch, 1, -1)
 
 
 def norm_project(x: torch.Tensor, weights: tuple, rope=None) -> torch.Tensor:
@@ -217,15 +241,16 @@ def mlp_step(x: torch.Tensor, weights: tuple) -> torch.Tensor:
 
 
 def mlp_weights(norm, mlp) -> tuple | None:
-    """DecodeWeights and the views `mlp_step` takes (norm None: no norm); None unless the activation is SiLU."""
+    """DecodeWeights and the views `mlp_step` takes (norm None: no norm); None unless the activation is
+    one `_mlp_step` computes (ACTIVATION_CODES)."""
     gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
     linears = [linear for linear in (gate, up, down) if linear is not None]
     norm_weight = None if norm is None else norm.weight
     tensors = [norm_weight, *(p for linear in linears for p in (linear.weight, linear.bias))]
-    if mlp.activation is not torch.nn.functional.silu or not viewable(*tensors):
+    if mlp.activation_name not in ACTIVATION_CODES or not viewable(*tensors):
         return None
     views = []
     for linear in (gate, up, down):
         views += [weight_view(None if linear is None else linear.weight)]
         views += [weight_view(None if linear is None else linear.bias)]
-    return (DecodeWeights(tensors), *norm_views(norm), *views)
+    return (DecodeWeights(tensors), *norm_views(norm), np.int64(ACTIVATION_CODES[mlp.activation_name]), *views)

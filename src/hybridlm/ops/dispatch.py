@@ -229,6 +229,46 @@ def ssd(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
     return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size=chunk_size)
 
 
+def rglru_gated(x, y_pre, lru_weights: dict, log_a_scale, reset, initial_state, activation: str):
+    """The recurrent block's core in one kernel: the gates i, r from x (block-diagonal), the RG-LRU,
+    then out = h * act(y_pre): (out (b, l, d) fp32, final state (b, d) fp32), or None where no kernel
+    applies (the caller runs its layer code). `lru_weights`: input_gate_weight, input_gate_bias,
+    recurrent_gate_weight, recurrent_gate_bias by keyword, as `RGLRU` holds them."""
+    if backend_for(x) != "numba":
+        return None
+    from . import custom_ops
+    from .linear_scan_cpu import rglru_gated_forward
+
+    if initial_state is None:
+        initial_state = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
+    weights = [lru_weights[name] for name in RGLRU_WEIGHTS]
+    if _use_custom_op(x, y_pre, *weights, log_a_scale, initial_state):
+        out, final_state, _, _ = custom_ops.rglru_gated(
+            x, y_pre, *weights, log_a_scale, reset, initial_state, activation
+        )
+    else:
+        out, final_state, _, _ = rglru_gated_forward(x, y_pre, *weights, log_a_scale, reset, initial_state, activation)
+    return out, final_state
+
+
+RGLRU_WEIGHTS = ("input_gate_weight", "input_gate_bias", "recurrent_gate_weight", "recurrent_gate_bias")
+
+
+def rglru_decode_step(u, positions, conv_state, rnn_state, weights: dict, c: float, activation: str):
+    """One token through Griffin's recurrent block (linears, conv, gates, recurrence, times act(y),
+    output linear) in one numba call, updating the states in place: out (b, 1, d_model) fp32, or
+    None where it does not apply (another backend, more than one token, autograd on, states not
+    contiguous float32, or under torch.compile, which traces the layer code instead).
+    `weights`: the tensors `ops.rglru_step_cpu.STEP_WEIGHTS` names."""
+    if backend_for(u) != "numba" or u.shape[1] != 1 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, rnn_state)):
+        return None
+    from .rglru_step_cpu import rglru_decode_step as fused_step
+
+    return fused_step(u, positions, conv_state, rnn_state, weights, c, activation)
+
+
 def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
     """Whether a fused CPU decoding step (ops/decode_cpu.py, ops/mamba_step_cpu.py) may replace a
     pre-normed sub-layer's eager ops for x (b, 1, d): numba chosen for x, one float32 token, no
