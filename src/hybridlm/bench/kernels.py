@@ -166,6 +166,34 @@ def hyena_decode_rows(steps: int = 200, batch: int = 1):
     return [Row("kernels", f"Hyena decode step x{steps}", ours_s, reference_s, "reference recurrence", steps * batch)]
 
 
+def huggingface_mamba2_rows(lengths, batch: int = 2, repeats: int = 5, d_state: int = 64, head_dim: int = 64):
+    """Our Mamba-2 (SSD) layer vs transformers' Mamba2Mixer (its CPU torch path), same weights,
+    forward+backward (training mode) and forward: A/B alternated medians."""
+    if importlib.util.find_spec("transformers") is None:
+        return []
+    import transformers
+
+    from ..hf import save_hf
+
+    ours_model = _layer_model("D", tie_embeddings=True, mamba2={"d_state": d_state, "head_dim": head_dim})
+    directory = tempfile.mkdtemp(prefix="hybridlm-bench-")
+    save_hf(ours_model, directory)
+    theirs_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    ours, theirs = ours_model.layers[0].mixer.train(), theirs_model.backbone.layers[0].mixer.train()
+    rows = []
+    for length in lengths:
+        u = torch.randn(batch, length, D_MODEL)
+        ctx = Context(positions=torch.arange(length).expand(batch, length))
+        for mode, wrap in (("fwd+bwd", _backward_of), ("fwd", _no_grad)):
+            with kernels(""):
+                ours_s, theirs_s = alternated_times(
+                    wrap(functools.partial(ours, state=None, ctx=ctx), [u]), wrap(theirs, [u]), repeats
+                )
+            name = f"Mamba-2 layer {mode} L={length} n={d_state} p={head_dim}"
+            rows.append(Row("kernels", name, ours_s, theirs_s, "transformers Mamba2Mixer", batch * length))
+    return rows
+
+
 def kernel_rows(quick: bool) -> list[Row]:
     """The kernel suite; `quick` keeps it to about a minute on the 2-core dev CPU."""
     if quick:
@@ -176,6 +204,7 @@ def kernel_rows(quick: bool) -> list[Row]:
             + hyena_decode_rows(steps=100)
             + recurrent_block_rows(forward_length=1024, backward_length=128, steps=100)
             + scan_floor.floor_rows([1024])
+            + huggingface_mamba2_rows([1024], repeats=3)
         )
     return (
         selective_scan_rows([1024, 4096])
@@ -184,6 +213,7 @@ def kernel_rows(quick: bool) -> list[Row]:
         + hyena_decode_rows()
         + recurrent_block_rows()
         + scan_floor.floor_rows([1024, 4096])
+        + huggingface_mamba2_rows([1024, 4096])
     )
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops.dispatch import ssd
+from ..ops.dispatch import gated_rms_norm, mamba2_decode_step, ssd
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -100,9 +100,7 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        gated = (y.float() * F.silu(z.float())).unflatten(-1, (self.n_groups, -1))
-        normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed.flatten(-2) * self.weight.float()).to(y.dtype)
+        return gated_rms_norm(y, z, self.weight, self.n_groups, self.eps)  # a fused kernel where available
 
     def reset_special_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -163,7 +161,12 @@ class Mamba2(Mixer):
         """u (b, l, d) -> (b, l, d); updates `state` (conv, ssm) in place when given."""
         batch, length, _ = u.shape
         options = self.options
-        x, z, dt, B, C, conv_state = self.scan_inputs(u, ctx, None if state is None else state.conv)
+        projected = self.in_proj(u)
+        if state is not None and ctx.valid is None:  # decoding one token: a fused kernel when available
+            y = mamba2_decode_step(projected, state.conv, state.ssm, self._step_weights())
+            if y is not None:
+                return self.out_proj(y.to(u.dtype))
+        x, z, dt, B, C, conv_state = self._split_and_convolve(projected, ctx, None if state is None else state.conv)
         y, ssm_state = ssd(
             x.view(batch, length, self.n_heads, options.head_dim),
             dt,
@@ -179,11 +182,26 @@ class Mamba2(Mixer):
             state.ssm.copy_(ssm_state)
         return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
 
+    def _step_weights(self) -> dict:
+        return {
+            "conv_weight": self.conv.weight,
+            "conv_bias": self.conv.bias,
+            "dt_bias": self.dt_bias,
+            "A_log": self.A_log,
+            "D": self.D,
+            "norm_weight": self.norm.weight,
+            "norm_eps": self.norm.eps,
+            "dt_limit": self.options.dt_limit,
+        }
+
     def scan_inputs(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
         """Everything up to the scan: x (b, l, d_in), gate z, dt (b, l, h) after softplus and clamp,
         B and C (b, l, g n), and the conv's new state."""
+        return self._split_and_convolve(self.in_proj(u), ctx, conv_state)
+
+    def _split_and_convolve(self, projected: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None):
         options = self.options
-        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        z, xBC, dt = projected.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xBC, conv_state = self.conv(ctx.zero_padding(xBC), conv_state, silu=True)
         xBC = ctx.zero_padding(xBC)
         state_width = options.n_groups * options.d_state

@@ -3,8 +3,9 @@
 Each kernel is a pair of ops, `hybridlm::<name>` and `hybridlm::<name>_backward`, with a fake
 (meta) implementation that gives the output shapes and dtypes without running, and the forward's
 autograd formula wired with `register_autograd` to the backward op. The arithmetic is the
-kernels' own (selective_scan_cpu, causal_conv_cpu, linear_scan_cpu, modal_cpu): the backward ops call the existing
-`autograd.Function.backward` on a plain context holding the saved tensors. Outputs are made
+kernels' own (selective_scan_cpu, causal_conv_cpu, linear_scan_cpu, modal_cpu, ssd_cpu): the backward ops
+call the existing `autograd.Function.backward` on a plain context holding the saved tensors (ssd_cpu's
+backward function directly). Outputs are made
 contiguous so that real and fake outputs agree on strides. Nothing here logs or keeps Python
 state: the traced path is these calls only. The operands reach numba through
 `numba_support.as_array`, which never calls `Tensor.numpy()` on tensors that require grad.
@@ -20,11 +21,16 @@ from torch.library import custom_op, register_autograd, register_fake
 
 from . import linear_scan_cpu
 from .causal_conv_cpu import CausalConv1dFunction, causal_conv1d_forward
+from .gated_norm_cpu import gated_rms_norm_backward as gated_rms_norm_backward_kernel
+from .gated_norm_cpu import gated_rms_norm_forward
 from .linear_scan_cpu import RGLRUScanFunction, rglru_scan_forward
 from .modal_cpu import CHUNK as MODAL_CHUNK
 from .modal_cpu import ModalRecurrenceFunction, modal_recurrence_forward
 from .selective_scan_cpu import CHUNK as SCAN_CHUNK
 from .selective_scan_cpu import SelectiveScanFunction, selective_scan_forward
+from .ssd_cpu import CHUNK as SSD_CHUNK
+from .ssd_cpu import ssd_backward as ssd_backward_kernel
+from .ssd_cpu import ssd_forward
 
 
 # ---- Mamba-1 selective scan (x, dt, z (b, l, d); A (d, n); B, C (b, l, g, n); D (d,); h0 (b, d, n)) ----
@@ -331,3 +337,107 @@ def _gated_backward(ctx, grad_out, grad_final, _grad_states, _grad_gates):
 
 
 register_autograd("hybridlm::rglru_gated", _gated_backward, setup_context=_gated_setup)
+
+
+# ---- Mamba-2 SSD (x (b, l, h, p); dt (b, l, h); A, D (h,); B, C (b, l, g, n); h0 (b, h, p, n)) ----
+@custom_op("hybridlm::ssd", mutates_args=(), device_types="cpu")
+def ssd(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, initial_state: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """y (b, l, h, p), final state (b, h, p, n), chunk checkpoints (b, ceil(l/64), h, n, p); all fp32."""
+    y, final_state, checkpoints = ssd_forward(x, dt, A, B, C, D, initial_state, True)
+    return y, final_state.contiguous(), checkpoints
+
+
+@register_fake("hybridlm::ssd")
+def _(x, dt, A, B, C, D, initial_state):
+    batch, length, heads, head_dim = x.shape
+    d_state = B.shape[3]
+    n_chunks = (length + SSD_CHUNK - 1) // SSD_CHUNK
+    return (
+        x.new_empty(batch, length, heads, head_dim, dtype=torch.float32),
+        x.new_empty(batch, heads, head_dim, d_state, dtype=torch.float32),
+        x.new_empty(batch, n_chunks, heads, d_state, head_dim, dtype=torch.float32),
+    )
+
+
+@custom_op("hybridlm::ssd_backward", mutates_args=(), device_types="cpu")
+def ssd_backward(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    checkpoints: Tensor,
+    grad_y: Tensor,
+    grad_final: Tensor,
+) -> list[Tensor]:
+    """Gradients of x, dt, A, B, C, D (each in its input's dtype) and of the initial state (fp32)."""
+    grads = ssd_backward_kernel(x, dt, A, B, C, D, checkpoints.detach(), grad_y, grad_final)
+    return [grad.contiguous() for grad in grads]
+
+
+@register_fake("hybridlm::ssd_backward")
+def _(x, dt, A, B, C, D, checkpoints, grad_y, grad_final):
+    grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, dt, A, B, C, D)]
+    return grads + [grad_final.new_empty(grad_final.shape, dtype=torch.float32)]
+
+
+def _ssd_setup(ctx, inputs, output):
+    x, dt, A, B, C, D, initial_state = inputs
+    ctx.save_for_backward(x, dt, A, B, C, D, output[2])
+    ctx.state_dtype = initial_state.dtype
+
+
+def _ssd_backward(ctx, grad_y, grad_final, _grad_checkpoints):
+    x, dt, A, B, C, D, checkpoints = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = x.new_zeros(x.shape, dtype=torch.float32)
+    if grad_final is None:
+        grad_final = x.new_zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[3], dtype=torch.float32)
+    grads = ssd_backward(x, dt, A, B, C, D, checkpoints, grad_y, grad_final)
+    return (*grads[:6], grads[6].to(ctx.state_dtype))
+
+
+register_autograd("hybridlm::ssd", _ssd_backward, setup_context=_ssd_setup)
+
+
+# ---- Mamba-2 gated RMSNorm (y, z (..., d); weight (d,)) ----
+@custom_op("hybridlm::gated_rms_norm", mutates_args=(), device_types="cpu")
+def gated_rms_norm(y: Tensor, z: Tensor, weight: Tensor, n_groups: int, eps: float) -> Tensor:
+    """RMSNorm_g(y * SiLU(z)) * weight, fp32."""
+    return gated_rms_norm_forward(y, z, weight, n_groups, eps)
+
+
+@register_fake("hybridlm::gated_rms_norm")
+def _(y, z, weight, n_groups, eps):
+    return y.new_empty(y.shape, dtype=torch.float32)
+
+
+@custom_op("hybridlm::gated_rms_norm_backward", mutates_args=(), device_types="cpu")
+def gated_rms_norm_backward(
+    y: Tensor, z: Tensor, weight: Tensor, n_groups: int, eps: float, grad_out: Tensor
+) -> list[Tensor]:
+    """Gradients of y, z and weight, in their dtypes."""
+    return gated_rms_norm_backward_kernel(y, z, weight, n_groups, eps, grad_out)
+
+
+@register_fake("hybridlm::gated_rms_norm_backward")
+def _(y, z, weight, n_groups, eps, grad_out):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (y, z, weight)]
+
+
+def _gated_norm_setup(ctx, inputs, output):
+    y, z, weight, n_groups, eps = inputs
+    ctx.save_for_backward(y, z, weight)
+    ctx.n_groups, ctx.eps = n_groups, eps
+
+
+def _gated_norm_backward(ctx, grad_out):
+    y, z, weight = ctx.saved_tensors
+    grad_y, grad_z, grad_weight = gated_rms_norm_backward(y, z, weight, ctx.n_groups, ctx.eps, grad_out)
+    return grad_y, grad_z, grad_weight, None, None
+
+
+register_autograd("hybridlm::gated_rms_norm", _gated_norm_backward, setup_context=_gated_norm_setup)

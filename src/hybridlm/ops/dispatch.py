@@ -31,7 +31,7 @@ from .fftconv import STATE_DTYPE as MODAL_STATE_DTYPE
 from .fftconv import modal_recurrence_ref
 from .linear_scan import rglru_scan_ref
 from .selective_scan import selective_scan_ref
-from .ssd import ssd_chunked, ssd_ref
+from .ssd import gated_rms_norm_ref, ssd_chunked, ssd_ref
 
 ENV_VAR = "HYBRIDLM_KERNELS"
 CHOICES = ("reference", "cpu", "cuda")
@@ -201,13 +201,29 @@ def causal_conv1d(x, weight, bias=None, state=None, silu: bool = False):
 
 
 def ssd(x, dt, A, B, C, D=None, initial_state=None, chunk_size: int = 64):
-    """Mamba-2 SSD: y (b, l, h, p) and the final state (b, h, p, n). Shapes as `ssd.ssd_ref`.
+    """Mamba-2 SSD: y (b, l, h, p) in x's dtype and the final state (b, h, p, n) fp32. Shapes as
+    `ssd.ssd_ref`.
 
-    On CPU the chunked matmul form is already the fast path (ssd.py; chunk 64 measured fastest here,
-    docs/benchmarks.md); CUDA uses mamba_ssm's Triton."""
-    if x.shape[1] == 1:  # a decoding step: the recurrence itself (chunking would pad it to a whole chunk)
+    On CPU the numba recurrence (ssd_cpu.py) beats the chunked matmul form at every length measured
+    here; the reference backend keeps the chunked form (the recurrence itself for one token: chunking
+    would pad it to a whole chunk). CUDA uses mamba_ssm's Triton."""
+    backend = backend_for(x)
+    if backend == "numba":
+        from . import custom_ops
+        from .ssd_cpu import ssd_forward
+
+        batch, _, heads, head_dim = x.shape
+        if initial_state is None:
+            initial_state = x.new_zeros(batch, heads, head_dim, B.shape[3], dtype=torch.float32)
+        D = x.new_zeros(heads) if D is None else D
+        if _use_custom_op(x, dt, A, B, C, D, initial_state):
+            y, final_state, _ = custom_ops.ssd(x, dt, A, B, C, D, initial_state)
+        else:
+            y, final_state, _ = ssd_forward(x, dt, A, B, C, D, initial_state)
+        return y.to(x.dtype), final_state
+    if x.shape[1] == 1:
         return ssd_ref(x, dt, A, B, C, D, initial_state)
-    if backend_for(x) == "mamba_ssm":
+    if backend == "mamba_ssm":
         y, final_state = cuda_kernels.ssd(x, dt, A, B, C, D, initial_state, chunk_size)
         return y, final_state.float()
     return ssd_chunked(x, dt, A, B, C, D, initial_state, chunk_size=chunk_size)
@@ -263,3 +279,35 @@ def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
     if not x.is_cpu or kernel_choice().cpu != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return False
     return not any(module._forward_hooks or module._forward_pre_hooks for module in modules)
+
+
+def mamba2_decode_step(projected, conv_state, ssm_state, weights: dict):
+    """One Mamba-2 token (conv, dt, SSD update, gated RMSNorm) in one numba call, updating the states
+    in place: the norm's output (b, 1, d_in), or None where it does not apply (another backend, more
+    than one token, autograd on, torch.compile tracing, or states that are not contiguous float32); the
+    caller then runs its layer code. `weights`: the tensors `ops.mamba2_step_cpu.mamba2_decode_step`
+    names, by keyword."""
+    if (
+        torch.compiler.is_compiling()
+        or projected.shape[1] != 1
+        or torch.is_grad_enabled()
+        or backend_for(projected) != "numba"
+    ):
+        return None
+    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (conv_state, ssm_state)):
+        return None
+    from .mamba2_step_cpu import mamba2_decode_step as fused_step
+
+    return fused_step(projected, conv_state, ssm_state, **weights)
+
+
+def gated_rms_norm(y, z, weight, n_groups: int, eps: float):
+    """Mamba-2's RMSNorm_g(y * SiLU(z)) * weight (..., d) in y's dtype. Shapes as `ssd.gated_rms_norm_ref`."""
+    if backend_for(y) != "numba":
+        return gated_rms_norm_ref(y, z, weight, n_groups, eps)
+    from . import custom_ops
+    from .gated_norm_cpu import gated_rms_norm_forward
+
+    if _use_custom_op(y, z, weight):
+        return custom_ops.gated_rms_norm(y, z, weight, n_groups, eps).to(y.dtype)
+    return gated_rms_norm_forward(y, z, weight, n_groups, eps).to(y.dtype)

@@ -94,3 +94,11 @@ def segment_sum(a: torch.Tensor) -> torch.Tensor:
     strictly_lower = torch.tril(torch.ones(q, q, dtype=torch.bool, device=a.device), diagonal=-1)
     sums = expanded.masked_fill(~strictly_lower, 0).cumsum(dim=-2)
     return sums.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool, device=a.device)), -torch.inf)
+
+
+def gated_rms_norm_ref(y, z, weight, n_groups: int, eps: float):
+    """RMSNorm_g(y * SiLU(z)) * weight over d / n_groups channels per group (Mamba-2's norm before
+    out_proj, norm_before_gate=False): y, z (..., d), weight (d,); the result in y's dtype."""
+    gated = (y.float() * F.silu(z.float())).unflatten(-1, (n_groups, -1))
+    normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed.flatten(-2) * weight.float()).to(y.dtype)

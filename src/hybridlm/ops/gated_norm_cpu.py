@@ -1,0 +1,113 @@
+"""Mamba-2's gated RMSNorm as a fused CPU kernel (numba), forward and backward.
+
+Glossary: r rows (batch x tokens), d channels (d_in), g groups of w = d / g channels, q rows per
+work item. Per row and group (Mamba-2 paper, section 7; norm_before_gate=False):
+
+    v     = y * SiLU(z)
+    out   = v * rsqrt(mean_w(v^2) + eps) * weight
+
+In torch this is about eight elementwise passes over (r, d) forward and as many backward; here
+each direction is one pass per row:
+
+    dv = s (go w - v s^2 mean_w(go w v)),  s = rsqrt(mean_w(v^2) + eps)
+    dy = dv SiLU(z),  dz = dv y sigma(z) (1 + z (1 - sigma(z))),  dweight = sum_rows go v s
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import prange
+
+from .numba_support import Kernel, as_array, sigmoid
+from .ssd_cpu import strided_view
+
+ROWS = 64  # rows per work item; the weight's gradient is summed per item, then over items in torch
+
+
+def _forward(y, z, weight, groups, eps, out):
+    rows, channels = y.shape
+    width = channels // groups
+    for row in prange(rows):
+        for g in range(groups):
+            c0 = g * width
+            total = np.float32(0.0)
+            for c in range(c0, c0 + width):
+                v = y[row, c] * z[row, c] * sigmoid(z[row, c])
+                out[row, c] = v
+                total += v * v
+            scale = np.float32(1.0) / np.sqrt(total / width + eps)
+            for c in range(c0, c0 + width):
+                out[row, c] = out[row, c] * scale * weight[c]
+
+
+def _backward(y, z, weight, groups, eps, grad_out, grad_y, grad_z, grad_weight):
+    rows, channels = y.shape
+    width = channels // groups
+    for item in prange(grad_weight.shape[0]):
+        gated = np.empty(width, np.float32)
+        gates = np.empty(width, np.float32)
+        for c in range(channels):
+            grad_weight[item, c] = 0.0
+        for row in range(item * ROWS, min(rows, (item + 1) * ROWS)):
+            for g in range(groups):
+                c0 = g * width
+                total = np.float32(0.0)
+                for i in range(width):
+                    gate = sigmoid(z[row, c0 + i])
+                    gates[i] = gate
+                    v = y[row, c0 + i] * z[row, c0 + i] * gate
+                    gated[i] = v
+                    total += v * v
+                scale = np.float32(1.0) / np.sqrt(total / width + eps)
+                dot = np.float32(0.0)
+                for i in range(width):
+                    dot += grad_out[row, c0 + i] * weight[c0 + i] * gated[i]
+                correction = scale * scale * dot / width
+                for i in range(width):
+                    c = c0 + i
+                    grad_weight[item, c] += grad_out[row, c] * gated[i] * scale
+                    grad_v = scale * (grad_out[row, c] * weight[c] - gated[i] * correction)
+                    gate, z_c = gates[i], z[row, c]
+                    grad_y[row, c] = grad_v * z_c * gate
+                    grad_z[row, c] = grad_v * y[row, c] * gate * (1 + z_c * (1 - gate))
+
+
+_forward_kernel, _backward_kernel = Kernel(_forward), Kernel(_backward)
+
+
+def gated_rms_norm_forward(y, z, weight, groups: int, eps: float) -> torch.Tensor:
+    """y, z (..., d), weight (d,) -> out (..., d) fp32."""
+    out = torch.empty(y.shape, dtype=torch.float32)
+    channels = y.shape[-1]
+    _forward_kernel(
+        y.numel(),
+        strided_view(y.reshape(-1, channels)),
+        strided_view(z.reshape(-1, channels)),  # z: a column slice of in_proj's output
+        as_array(weight),
+        groups,
+        np.float32(eps),
+        out.numpy().reshape(-1, channels),
+    )
+    return out
+
+
+def gated_rms_norm_backward(y, z, weight, groups: int, eps: float, grad_out) -> list[torch.Tensor]:
+    """Gradients of y, z and weight, each in its input's dtype."""
+    channels = y.shape[-1]
+    rows = y.numel() // channels if channels else 0
+    grad_y, grad_z = (torch.empty(y.shape, dtype=torch.float32) for _ in range(2))
+    grad_weight = torch.empty(-(-rows // ROWS), channels, dtype=torch.float32)
+    _backward_kernel(
+        y.numel(),
+        as_array(y.reshape(-1, channels)),
+        as_array(z.reshape(-1, channels)),
+        as_array(weight),
+        groups,
+        np.float32(eps),
+        as_array(grad_out.reshape(-1, channels)),
+        grad_y.numpy().reshape(-1, channels),
+        grad_z.numpy().reshape(-1, channels),
+        grad_weight.numpy(),
+    )
+    return [grad_y.to(y.dtype), grad_z.to(z.dtype), grad_weight.sum(0).to(weight.dtype)]

@@ -1,0 +1,134 @@
+"""One Mamba-2 decoding step, from the in-projection's output to the gated norm's output, in one numba call.
+
+Glossary (layers/mamba2.py): b batch, d_in = h p channels, h heads, p head dim, g groups sharing
+B and C, n state size, k conv width, conv_dim = d_in + 2 g n.
+
+Through the layer's torch code one token is ~40 small eager ops (split, conv update, softplus,
+the SSD update, the gated RMSNorm), each costing more in dispatch than its arithmetic. This
+kernel does the same step, in the same order, for one token:
+
+    [z, xBC, dt] = projected                         (b, d_in + conv_dim + h)
+    [x, B, C]    = SiLU(conv(window, xBC))           the window (b, conv_dim, k-1) shifts in place
+    dt           = clamp(softplus(dt + dt_bias), dt_limit)
+    h            = exp(dt A) h + dt x B^T            (b, h, p, n), in place
+    y            = h C + D x
+    out          = RMSNorm_g(y * SiLU(z)) * weight   over d_in / g channels per group
+
+so the caller's conv and SSM states are updated in place and only out (b, d_in) is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+import torch
+from numba import njit
+
+from .numba_support import as_array, exp_nonpositive, sigmoid
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _step(
+    projected, conv_state, conv_weight, conv_bias, dt_bias, dt_low, dt_high, A, D, norm_weight, eps, ssm_state, out
+):
+    batch = projected.shape[0]
+    heads, head_dim, d_state = ssm_state.shape[1], ssm_state.shape[2], ssm_state.shape[3]
+    conv_dim, width = conv_weight.shape
+    d_inner = heads * head_dim
+    groups = (conv_dim - d_inner) // (2 * d_state)
+    per_group = heads // groups
+    group_width = d_inner // groups
+    xBC = np.empty(conv_dim, np.float32)
+    for row in range(batch):
+        for c in range(conv_dim):  # depthwise conv over (window, new input), then the window shifts
+            new = projected[row, d_inner + c]
+            acc = conv_bias[c] + conv_weight[c, width - 1] * new
+            for j in range(width - 1):
+                acc += conv_weight[c, j] * conv_state[row, c, j]
+            for j in range(width - 2):
+                conv_state[row, c, j] = conv_state[row, c, j + 1]
+            if width > 1:
+                conv_state[row, c, width - 2] = new
+            xBC[c] = acc * sigmoid(acc)
+        for head in range(heads):
+            raw = projected[row, d_inner + conv_dim + head] + dt_bias[head]
+            dt = raw if raw > 20 else math.log1p(math.exp(raw))  # softplus, torch's threshold 20
+            dt = min(max(dt, dt_low), dt_high)
+            decay = exp_nonpositive(dt * A[head])
+            B0 = d_inner + (head // per_group) * d_state
+            C0 = B0 + groups * d_state
+            for i in range(head_dim):
+                c = head * head_dim + i
+                drive = dt * xBC[c]
+                y = D[head] * xBC[c]
+                for k in range(d_state):
+                    h = decay * ssm_state[row, head, i, k] + drive * xBC[B0 + k]
+                    ssm_state[row, head, i, k] = h
+                    y += xBC[C0 + k] * h
+                z = projected[row, c]
+                out[row, c] = y * z * sigmoid(z)
+        for g in range(groups):
+            c0 = g * group_width
+            mean_square = np.float32(0.0)
+            for c in range(c0, c0 + group_width):
+                mean_square += out[row, c] * out[row, c]
+            scale = np.float32(1.0) / np.sqrt(mean_square / group_width + eps)
+            for c in range(c0, c0 + group_width):
+                out[row, c] = out[row, c] * scale * norm_weight[c]
+
+
+_WEIGHT_ARRAYS: dict = {}  # id(conv weight) -> (key, numpy arrays of the step's weights); dropped with it
+
+
+def _weight_arrays(conv_weight, conv_bias, dt_bias, A_log, D, norm_weight) -> tuple:
+    """The step's weights as numpy arrays (views when float32) and A = -exp(A_log), kept between tokens;
+    rebuilt when a weight is replaced (new storage) or modified in place (its version moves)."""
+    parameters = [conv_weight, conv_bias, dt_bias, A_log, D, norm_weight]
+    key = tuple((p.data_ptr(), p._version) for p in parameters if p is not None)
+    cached = _WEIGHT_ARRAYS.get(id(conv_weight))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if cached is None:  # tensors compare elementwise, so they key by id, forgotten when the weight is freed
+        weakref.finalize(conv_weight, _WEIGHT_ARRAYS.pop, id(conv_weight), None)
+    channels = conv_weight.shape[0]
+    arrays = (
+        as_array(conv_weight.reshape(channels, -1)),
+        as_array(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
+        as_array(dt_bias),
+        as_array(-torch.exp(A_log.detach().float())),
+        as_array(D),
+        as_array(norm_weight),
+    )
+    _WEIGHT_ARRAYS[id(conv_weight)] = (key, arrays)
+    return arrays
+
+
+def mamba2_decode_step(
+    projected, conv_state, ssm_state, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, norm_eps, dt_limit
+) -> torch.Tensor:
+    """projected (b, 1, d_in + conv_dim + h) -> the gated norm's output (b, 1, d_in) fp32; updates
+    conv_state (b, conv_dim, k-1) and ssm_state (b, h, p, n) in place (both float32, contiguous).
+    Weights as layers/mamba2.py holds them: conv (conv_dim, 1, k), dt_bias, A_log, D (h,), the
+    norm's weight (d_in,)."""
+    batch = projected.shape[0]
+    heads, head_dim = ssm_state.shape[1], ssm_state.shape[2]
+    conv_w, conv_b, dt_bias_a, A, D_a, norm_w = _weight_arrays(conv_weight, conv_bias, dt_bias, A_log, D, norm_weight)
+    out = torch.empty(batch, heads * head_dim, dtype=torch.float32)
+    _step(
+        as_array(projected.reshape(batch, -1)),
+        conv_state.numpy(),
+        conv_w,
+        conv_b,
+        dt_bias_a,
+        np.float32(dt_limit[0]),
+        np.float32(min(dt_limit[1], 3.0e38)),
+        A,
+        D_a,
+        norm_w,
+        np.float32(norm_eps),
+        ssm_state.numpy(),
+        out.numpy(),
+    )
+    return out.view(batch, 1, heads * head_dim)
