@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import State
-from ..ops.dispatch import RGLRU_WEIGHTS, fused_decode_applies, rglru_decode_step, rglru_gated, rglru_scan
+from ..ops.dispatch import RGLRU_WEIGHTS, rglru_decode_step, rglru_gated, rglru_scan
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -163,15 +163,6 @@ class RecurrentBlock(Mixer):
             conv=torch.zeros(batch_size, self.width, self.options.d_conv - 1, device=device, dtype=dtype),
             rnn=torch.zeros(batch_size, self.width, device=device, dtype=torch.float32),
         )
-
-    def decode_token(self, x: torch.Tensor, norm, state: RecurrentState | None, ctx: Context) -> torch.Tensor | None:
-        """The block of norm(x) for one decoded token x (b, 1, d): the norm in one numba call
-        (ops/decode_cpu.py), then the fused step of `forward`; None where that does not apply."""
-        if state is None or not fused_decode_applies(x, self, norm):
-            return None
-        from ..ops import decode_cpu
-
-        return self.forward(decode_cpu.rms_norm(x, norm), state, ctx)
 
     def forward(self, u: torch.Tensor, state: RecurrentState | None, ctx: Context) -> torch.Tensor:
         """u (b, l, d) -> (b, l, d); updates `state` (conv, rnn) in place when given.
