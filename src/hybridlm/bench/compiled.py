@@ -31,6 +31,7 @@ def compiled_rows(presets=COMPILE_PRESETS, size: str = "small", batch: int = 2, 
 
 
 def _twins(preset: str, size: str) -> tuple[HybridLM, HybridLM]:
+    torch._dynamo.reset()  # every preset shares HybridLM.forward: a fresh recompile budget for each
     torch.manual_seed(0)
     eager = HybridLM(preset_config(preset, size))
     compiled = HybridLM(preset_config(preset, size))

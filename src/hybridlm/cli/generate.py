@@ -19,7 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model: a slow first call, faster tokens after (pays off for long outputs)",
+        help="torch.compile the model: a slow first call, then faster tokens for attention-only models "
+        "(1.27x, transformer small); SSM layers decode faster eager, through their fused CPU steps",
     )
 
 
