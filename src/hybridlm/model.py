@@ -45,16 +45,7 @@ class Sublayer(nn.Module):
             out = self.mixer.decode_token(x, self.norm, state, ctx)
             if out is not None:
                 return out
-        return self.mixer(self._normed(x), state, ctx)
-
-    def _normed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm is None:
-            return x
-        if fused_decode_applies(x, self.norm):  # one decoded token: the norm in one numba call
-            from .ops import decode_cpu
-
-            return decode_cpu.rms_norm(x, self.norm)
-        return self.norm(x)
+        return self.mixer(self.norm(x) if self.norm is not None else x, state, ctx)
 
 
 class HybridLM(nn.Module):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.dispatch import fused_decode_applies
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, offset: bool = False):
@@ -17,6 +19,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3 and fused_decode_applies(x, self):  # one decoded token: one numba call, no aten ops
+            from ..ops import decode_cpu
+
+            return decode_cpu.rms_norm(x, self)
         weight = (1.0 + self.weight) if self.offset else self.weight
         if x.dtype == torch.float32 and weight.dtype == torch.float32:  # one fused op (decode is op-bound)
             return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
