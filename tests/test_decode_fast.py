@@ -38,7 +38,7 @@ def _reference_decode(model, tokens):
 @pytest.fixture
 def calls(monkeypatch):
     """How many times each fused kernel ran."""
-    counts = {"mamba": 0, "mlp": 0, "project": 0}
+    counts = {"mamba": 0, "mlp": 0, "project": 0, "rms_norm": 0}
 
     def counting(name, fn):
         def wrapper(*args):
@@ -50,6 +50,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(mamba_step_cpu, "_sublayer_step", counting("mamba", mamba_step_cpu._sublayer_step))
     monkeypatch.setattr(decode_cpu, "_mlp_step", counting("mlp", decode_cpu._mlp_step))
     monkeypatch.setattr(decode_cpu, "_norm_project", counting("project", decode_cpu._norm_project))
+    monkeypatch.setattr(decode_cpu, "_rms_norm", counting("rms_norm", decode_cpu._rms_norm))
     return counts
 
 
@@ -170,3 +171,19 @@ def test_fused_step_stands_aside_for_hooks_and_autograd(calls):
     logits.sum().backward()
     assert calls == before
     assert model.layers[0].mixer.in_proj.weight.grad is not None
+
+
+def test_rms_norm_of_one_token_is_fused_only_for_an_fp32_weight(calls):
+    from hybridlm.layers.norm import RMSNorm
+
+    x = torch.randn(2, 1, 12)
+    for offset in (False, True):
+        for dtype in (torch.float32, torch.bfloat16):  # bf16 weights cannot be viewed as fp32: eager
+            norm = RMSNorm(12, offset=offset)
+            with torch.no_grad():
+                norm.weight.add_(0.3 * torch.randn(12))
+            norm = norm.to(dtype)
+            expected = norm(x).detach()  # grad enabled: the eager path
+            with torch.no_grad():
+                torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-6)
+    assert calls["rms_norm"] == 2  # the two fp32 norms

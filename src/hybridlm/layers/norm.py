@@ -22,7 +22,9 @@ class RMSNorm(nn.Module):
         if x.dim() == 3 and fused_decode_applies(x, self):  # one decoded token: one numba call, no aten ops
             from ..ops import decode_cpu
 
-            return decode_cpu.rms_norm(x, self)
+            normed = decode_cpu.rms_norm(x, self)
+            if normed is not None:
+                return normed
         weight = (1.0 + self.weight) if self.offset else self.weight
         if x.dtype == torch.float32 and weight.dtype == torch.float32:  # one fused op (decode is op-bound)
             return F.rms_norm(x, (x.shape[-1],), weight, self.eps)

@@ -198,8 +198,10 @@ def _rms_norm(x, weight, eps, offset, out):
     rms_norm_into(x, weight, eps, offset, out)
 
 
-def rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    """RMSNorm of one token x (b, 1, d) in one call, for a mixer whose step takes its input normed."""
+def rms_norm(x: torch.Tensor, norm) -> torch.Tensor | None:
+    """RMSNorm of one token x (b, 1, d) in one call; None unless its weight can be viewed in place."""
+    if not viewable(norm.weight):
+        return None
     batch = x.shape[0]
     out = np.empty((batch, x.shape[-1]), np.float32)
     _rms_norm(x.reshape(batch, -1).numpy(), *norm_views(norm), out)
