@@ -206,7 +206,7 @@ def test_decoding_updates_the_cache_in_place():
 
 
 def test_fused_mamba_decode_step_is_used_and_follows_weight_updates():
-    from hybridlm.ops import decode_cpu, mamba_step_cpu
+    from hybridlm.ops import decode_cpu, numba_support
 
     model = HybridLM(tiny_config(pattern="M M", mamba={"n_heads": 2, "inner_norms": True})).eval()
     tokens = torch.randint(0, 50, (2, 8))
@@ -218,7 +218,7 @@ def test_fused_mamba_decode_step_is_used_and_follows_weight_updates():
     with torch.no_grad():
         stepwise()
         mixer = model.layers[0].mixer  # the mixer's fused step, or the whole sub-layer's (ops/decode_cpu.py)
-        assert id(mixer.x_proj_weight) in mamba_step_cpu._WEIGHT_ARRAYS or mixer in decode_cpu._CACHE
+        assert id(mixer.x_proj_weight) in numba_support._STEP_ARRAYS or mixer in decode_cpu._CACHE
         for parameter in model.parameters():  # in place, as an optimizer step would
             parameter.mul_(1.1)
         assert_close(stepwise(), model(tokens), "decoding after a weight update")

@@ -20,13 +20,12 @@ so the caller's conv and SSM states are updated in place and only out (b, d_in) 
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 import torch
 from numba import njit
 
-from .numba_support import as_array, exp_nonpositive, sigmoid
+from .numba_support import as_array, exp_nonpositive, sigmoid, step_arrays
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
@@ -79,30 +78,22 @@ def _step(
                 out[row, c] = out[row, c] * scale * norm_weight[c]
 
 
-_WEIGHT_ARRAYS: dict = {}  # id(conv weight) -> (key, numpy arrays of the step's weights); dropped with it
-
-
 def _weight_arrays(conv_weight, conv_bias, dt_bias, A_log, D, norm_weight) -> tuple:
-    """The step's weights as numpy arrays (views when float32) and A = -exp(A_log), kept between tokens;
-    rebuilt when a weight is replaced (new storage) or modified in place (its version moves)."""
-    parameters = [conv_weight, conv_bias, dt_bias, A_log, D, norm_weight]
-    key = tuple((p.data_ptr(), p._version) for p in parameters if p is not None)
-    cached = _WEIGHT_ARRAYS.get(id(conv_weight))
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    if cached is None:  # tensors compare elementwise, so they key by id, forgotten when the weight is freed
-        weakref.finalize(conv_weight, _WEIGHT_ARRAYS.pop, id(conv_weight), None)
-    channels = conv_weight.shape[0]
-    arrays = (
-        as_array(conv_weight.reshape(channels, -1)),
-        as_array(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
-        as_array(dt_bias),
-        as_array(-torch.exp(A_log.detach().float())),
-        as_array(D),
-        as_array(norm_weight),
-    )
-    _WEIGHT_ARRAYS[id(conv_weight)] = (key, arrays)
-    return arrays
+    """The step's weights as numpy arrays (views when float32) and A = -exp(A_log), kept between
+    tokens by `numba_support.step_arrays`."""
+
+    def build():
+        channels = conv_weight.shape[0]
+        return (
+            as_array(conv_weight.reshape(channels, -1)),
+            as_array(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
+            as_array(dt_bias),
+            as_array(-torch.exp(A_log.detach().float())),
+            as_array(D),
+            as_array(norm_weight),
+        )
+
+    return step_arrays(conv_weight, [conv_weight, conv_bias, dt_bias, A_log, D, norm_weight], build)
 
 
 def mamba2_decode_step(

@@ -24,14 +24,13 @@ both projections included (out_proj(step(in_proj(RMSNorm(u))))), with its weight
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 import torch
 from numba import njit
 
 from .decode_cpu import DecodeWeights, gemv_into, norm_views, rms_norm_into, viewable, weight_view
-from .numba_support import as_array, exp_nonpositive, sigmoid
+from .numba_support import as_array, exp_nonpositive, sigmoid, step_arrays
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
@@ -94,37 +93,28 @@ def _step(
                 out[row, c] = y * z[row, c] * sigmoid(z[row, c])
 
 
-_WEIGHT_ARRAYS: dict = {}  # id(x_proj weight) -> (key, numpy arrays of the step's weights); dropped with it
-
-
 def _weight_arrays(conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, norm_weights, norm_eps) -> tuple:
     """The step's weights as numpy arrays (views when float32) and A = -exp(A_log), kept between
-    tokens: handing a dozen parameters to numba costs ~35 eager ops, more than the step itself.
-    Rebuilt when a weight is replaced (new storage) or modified in place (its version moves)."""
+    tokens by `numba_support.step_arrays`."""
     norms = tuple(norm_weights or ())
-    parameters = [conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, *norms]
-    key = tuple((p.data_ptr(), p._version) for p in parameters if p is not None)
-    cached = _WEIGHT_ARRAYS.get(id(x_proj))
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    if cached is None:  # tensors compare elementwise, so they key by id, forgotten when the weight is freed
-        weakref.finalize(x_proj, _WEIGHT_ARRAYS.pop, id(x_proj), None)
-    channels = conv_weight.shape[0]
-    norm_arrays = [as_array(weight) for weight in norms] or [np.ones(0, np.float32)] * 3
-    arrays = (
-        as_array(conv_weight.reshape(channels, -1)),
-        as_array(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
-        as_array(x_proj),
-        as_array(dt_proj),
-        as_array(dt_bias),
-        bool(norms),
-        *norm_arrays,
-        np.float32(norm_eps if norms else 0.0),
-        as_array(-torch.exp(A_log.detach().float())),
-        as_array(D),
-    )
-    _WEIGHT_ARRAYS[id(x_proj)] = (key, arrays)
-    return arrays
+
+    def build():
+        channels = conv_weight.shape[0]
+        norm_arrays = [as_array(weight) for weight in norms] or [np.ones(0, np.float32)] * 3
+        return (
+            as_array(conv_weight.reshape(channels, -1)),
+            as_array(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
+            as_array(x_proj),
+            as_array(dt_proj),
+            as_array(dt_bias),
+            bool(norms),
+            *norm_arrays,
+            np.float32(norm_eps if norms else 0.0),
+            as_array(-torch.exp(A_log.detach().float())),
+            as_array(D),
+        )
+
+    return step_arrays(x_proj, [conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, *norms], build)
 
 
 def mamba_decode_step(

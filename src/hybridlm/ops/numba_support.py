@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import types as pytypes
+import weakref
 
 import numba
 import numpy as np
@@ -131,3 +132,23 @@ class Kernel:
             numba.set_num_threads(threads)
             return self.parallel(*args)
         return self.serial(*args)
+
+
+_STEP_ARRAYS: dict = {}  # id(anchor weight) -> (key, the arrays a fused step reads); dropped with the anchor
+
+
+def step_arrays(anchor: torch.Tensor, parameters, build, extra_key: tuple = ()) -> tuple:
+    """The numpy arrays a fused decoding step reads, made by `build()` once and kept between tokens:
+    handing a dozen parameters to numba costs more eager ops than the step itself. Rebuilt when one
+    of `parameters` is replaced (new storage) or modified in place (its version moves), or
+    `extra_key` changes; forgotten when `anchor` (one of the weights) is freed. Entries key by id:
+    tensors compare elementwise."""
+    key = (*extra_key, *((p.data_ptr(), p._version) for p in parameters if p is not None))
+    cached = _STEP_ARRAYS.get(id(anchor))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if cached is None:
+        weakref.finalize(anchor, _STEP_ARRAYS.pop, id(anchor), None)
+    arrays = build()
+    _STEP_ARRAYS[id(anchor)] = (key, arrays)
+    return arrays

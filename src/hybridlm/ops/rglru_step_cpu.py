@@ -19,15 +19,13 @@ so the caller's conv and recurrence states are updated in place and only out (b,
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import njit
 
 from .linear_scan_cpu import ACTIVATION_KINDS, activate, gate_bias, gate_weight
-from .numba_support import as_array, exp_nonpositive, expm1_nonpositive, sigmoid
+from .numba_support import as_array, exp_nonpositive, expm1_nonpositive, sigmoid, step_arrays
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
@@ -95,39 +93,30 @@ STEP_WEIGHTS = (
 # larger ones through torch, whose GEMV streams weights from memory faster than the kernel's loop
 # (measured at d_model 384: a decoding step 10-20 % slower with them inside)
 LINEARS_IN_KERNEL_MAX = 1 << 16
-_WEIGHT_ARRAYS: dict = {}  # id(input gate weight) -> (key, numpy arrays of the step's weights); dropped with it
 
 
 def _weight_arrays(weights: dict, c: float) -> tuple:
     """The step's weights as numpy arrays (views of float32 parameters), the two gates side by side and
-    log_a_scale = -c softplus(a_param), kept between tokens: handing a dozen parameters to numba costs
-    more than the step itself. Rebuilt when a weight is replaced (new storage) or modified in place
-    (its version moves)."""
-    parameters = [weights[name] for name in STEP_WEIGHTS]
-    key = (c, *((p.data_ptr(), p._version) for p in parameters if p is not None))
-    anchor = weights["input_gate_weight"]
-    cached = _WEIGHT_ARRAYS.get(id(anchor))
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    if cached is None:  # tensors compare elementwise, so they key by id, forgotten when the weight is freed
-        weakref.finalize(anchor, _WEIGHT_ARRAYS.pop, id(anchor), None)
+    log_a_scale = -c softplus(a_param), kept between tokens by `numba_support.step_arrays`."""
     w = weights
-    with torch.no_grad():
-        arrays = (
-            as_array(w["x_weight"]),
-            _bias_array(w["x_bias"], w["x_weight"].shape[0]),
-            as_array(w["y_weight"]),
-            _bias_array(w["y_bias"], w["y_weight"].shape[0]),
-            as_array(w["conv_weight"].reshape(w["conv_weight"].shape[0], -1)),
-            _bias_array(w["conv_bias"], w["conv_weight"].shape[0]),
-            gate_weight(w["input_gate_weight"], w["recurrent_gate_weight"]).transpose(1, 2).contiguous().numpy(),
-            gate_bias(w["input_gate_bias"], w["recurrent_gate_bias"])[:, 0].contiguous().numpy(),
-            (-c * F.softplus(w["a_param"].float())).numpy(),
-            as_array(w["out_weight"]),
-            _bias_array(w["out_bias"], w["out_weight"].shape[0]),
-        )
-    _WEIGHT_ARRAYS[id(anchor)] = (key, arrays)
-    return arrays
+
+    def build():
+        with torch.no_grad():
+            return (
+                as_array(w["x_weight"]),
+                _bias_array(w["x_bias"], w["x_weight"].shape[0]),
+                as_array(w["y_weight"]),
+                _bias_array(w["y_bias"], w["y_weight"].shape[0]),
+                as_array(w["conv_weight"].reshape(w["conv_weight"].shape[0], -1)),
+                _bias_array(w["conv_bias"], w["conv_weight"].shape[0]),
+                gate_weight(w["input_gate_weight"], w["recurrent_gate_weight"]).transpose(1, 2).contiguous().numpy(),
+                gate_bias(w["input_gate_bias"], w["recurrent_gate_bias"])[:, 0].contiguous().numpy(),
+                (-c * F.softplus(w["a_param"].float())).numpy(),
+                as_array(w["out_weight"]),
+                _bias_array(w["out_bias"], w["out_weight"].shape[0]),
+            )
+
+    return step_arrays(w["input_gate_weight"], [w[name] for name in STEP_WEIGHTS], build, extra_key=(c,))
 
 
 def _bias_array(bias, size: int) -> np.ndarray:
