@@ -10,7 +10,6 @@ from hybridlm import HybridLM
 from hybridlm.layers.context import Context
 from hybridlm.ops import custom_ops, dispatch
 from hybridlm.ops.ssd import gated_rms_norm_ref, ssd_chunked, ssd_ref
-from hybridlm.ops.ssd_cpu import backward_block
 
 from .helpers import tiny_config
 from .test_kernels import assert_close, assert_kernel_matches
@@ -48,11 +47,6 @@ def test_ssd_kernel_matches_reference(shape):
     """Outputs, final states and gradients of x, dt, A, B, C, D and the initial state."""
     torch.manual_seed(sum(shape))
     assert_kernel_matches(kernel, ssd_ref, ssd_inputs(*shape))
-
-
-def test_ssd_kernel_splits_large_states_into_blocks():
-    assert backward_block(24, 384) < 24 and 24 % backward_block(24, 384) == 0
-    assert backward_block(64, 64) == 64
 
 
 def test_ssd_kernel_is_stable_for_large_decays():

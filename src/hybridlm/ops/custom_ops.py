@@ -29,6 +29,7 @@ from .modal_cpu import ModalRecurrenceFunction, modal_recurrence_forward
 from .selective_scan_cpu import CHUNK as SCAN_CHUNK
 from .selective_scan_cpu import SelectiveScanFunction, selective_scan_forward
 from .ssd_cpu import CHUNK as SSD_CHUNK
+from .ssd_cpu import padded_shape as ssd_padded_shape
 from .ssd_cpu import ssd_backward as ssd_backward_kernel
 from .ssd_cpu import ssd_forward
 
@@ -344,7 +345,8 @@ register_autograd("hybridlm::rglru_gated", _gated_backward, setup_context=_gated
 def ssd(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, initial_state: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """y (b, l, h, p), final state (b, h, p, n), chunk checkpoints (b, ceil(l/64), h, n, p); all fp32."""
+    """y (b, l, h, p), final state (b, h, p, n), the states entering each chunk of 64 tokens and the
+    final one (b, ceil(l/64) + 1, h, n', p') (ssd_cpu.padded_shape); all fp32."""
     y, final_state, checkpoints = ssd_forward(x, dt, A, B, C, D, initial_state, True)
     return y, final_state.contiguous(), checkpoints
 
@@ -357,7 +359,7 @@ def _(x, dt, A, B, C, D, initial_state):
     return (
         x.new_empty(batch, length, heads, head_dim, dtype=torch.float32),
         x.new_empty(batch, heads, head_dim, d_state, dtype=torch.float32),
-        x.new_empty(batch, n_chunks, heads, d_state, head_dim, dtype=torch.float32),
+        x.new_empty(batch, n_chunks + 1, heads, *ssd_padded_shape(d_state, head_dim), dtype=torch.float32),
     )
 
 
