@@ -390,6 +390,7 @@ def _ssd_setup(ctx, inputs, output):
     x, dt, A, B, C, D, initial_state = inputs
     ctx.save_for_backward(x, dt, A, B, C, D, output[2])
     ctx.state_dtype = initial_state.dtype
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the checkpoints (or an unused output)
 
 
 def _ssd_backward(ctx, grad_y, grad_final, _grad_checkpoints):

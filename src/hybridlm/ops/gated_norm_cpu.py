@@ -7,7 +7,8 @@ work item. Per row and group (Mamba-2 paper, section 7; norm_before_gate=False):
     out   = v * rsqrt(mean_w(v^2) + eps) * weight
 
 In torch this is about eight elementwise passes over (r, d) forward and as many backward; here
-each direction is one pass per row:
+each direction is one pass per row, in 16-lane vectors (ops/simd.py; the channels of a group past
+the last whole vector one by one), reading y and z in place when they are column slices:
 
     dv = s (go w - v s^2 mean_w(go w v)),  s = rsqrt(mean_w(v^2) + eps)
     dy = dv SiLU(z),  dz = dv y sigma(z) (1 + z (1 - sigma(z))),  dweight = sum_rows go v s
@@ -19,7 +20,9 @@ import numpy as np
 import torch
 from numba import prange
 
+from . import simd
 from .numba_support import Kernel, as_array, sigmoid
+from .simd import LANES
 from .ssd_cpu import strided_view
 
 ROWS = 64  # rows per work item; the weight's gradient is summed per item, then over items in torch
@@ -28,45 +31,77 @@ ROWS = 64  # rows per work item; the weight's gradient is summed per item, then 
 def _forward(y, z, weight, groups, eps, out):
     rows, channels = y.shape
     width = channels // groups
+    whole = width - width % LANES  # channels of a group in whole vectors; the rest one by one
+    y_row, z_row = y.strides[0] // 4, z.strides[0] // 4  # y and z may be column slices
+    flat_out = out.reshape(-1)
     for row in prange(rows):
         for g in range(groups):
             c0 = g * width
-            total = np.float32(0.0)
-            for c in range(c0, c0 + width):
+            at_y, at_z, at_out = row * y_row + c0, row * z_row + c0, row * channels + c0
+            squares = simd.splat(np.float32(0.0))
+            for c in range(0, whole, LANES):
+                v = simd.load(y, at_y + c) * simd.silu(simd.load(z, at_z + c))
+                simd.store(flat_out, at_out + c, v)
+                squares = simd.fma(v, v, squares)
+            total = simd.total(squares)
+            for c in range(c0 + whole, c0 + width):
                 v = y[row, c] * z[row, c] * sigmoid(z[row, c])
                 out[row, c] = v
                 total += v * v
             scale = np.float32(1.0) / np.sqrt(total / width + eps)
-            for c in range(c0, c0 + width):
+            for c in range(0, whole, LANES):
+                at = at_out + c
+                simd.store(flat_out, at, simd.load(flat_out, at) * simd.splat(scale) * simd.load(weight, c0 + c))
+            for c in range(c0 + whole, c0 + width):
                 out[row, c] = out[row, c] * scale * weight[c]
 
 
 def _backward(y, z, weight, groups, eps, grad_out, grad_y, grad_z, grad_weight):
     rows, channels = y.shape
     width = channels // groups
+    whole = width - width % LANES
+    y_row, z_row = y.strides[0] // 4, z.strides[0] // 4
+    flat_gout, flat_gy, flat_gz = grad_out.reshape(-1), grad_y.reshape(-1), grad_z.reshape(-1)
+    one = simd.splat(np.float32(1.0))
     for item in prange(grad_weight.shape[0]):
         gated = np.empty(width, np.float32)
         gates = np.empty(width, np.float32)
+        flat_gw = grad_weight[item]
         for c in range(channels):
-            grad_weight[item, c] = 0.0
+            flat_gw[c] = 0.0
         for row in range(item * ROWS, min(rows, (item + 1) * ROWS)):
             for g in range(groups):
                 c0 = g * width
-                total = np.float32(0.0)
-                for i in range(width):
+                at_y, at_z, at_out = row * y_row + c0, row * z_row + c0, row * channels + c0
+                squares, dots = simd.splat(np.float32(0.0)), simd.splat(np.float32(0.0))
+                for c in range(0, whole, LANES):
+                    z_c = simd.load(z, at_z + c)
+                    gate = simd.sigmoid(z_c)
+                    v = simd.load(y, at_y + c) * z_c * gate
+                    simd.store(gates, c, gate)
+                    simd.store(gated, c, v)
+                    squares = simd.fma(v, v, squares)
+                    dots = simd.fma(simd.load(flat_gout, at_out + c) * simd.load(weight, c0 + c), v, dots)
+                total, dot = simd.total(squares), simd.total(dots)
+                for i in range(whole, width):
                     gate = sigmoid(z[row, c0 + i])
                     gates[i] = gate
                     v = y[row, c0 + i] * z[row, c0 + i] * gate
                     gated[i] = v
                     total += v * v
+                    dot += grad_out[row, c0 + i] * weight[c0 + i] * v
                 scale = np.float32(1.0) / np.sqrt(total / width + eps)
-                dot = np.float32(0.0)
-                for i in range(width):
-                    dot += grad_out[row, c0 + i] * weight[c0 + i] * gated[i]
                 correction = scale * scale * dot / width
-                for i in range(width):
+                for c in range(0, whole, LANES):
+                    g_out, v, gate = simd.load(flat_gout, at_out + c), simd.load(gated, c), simd.load(gates, c)
+                    z_c, y_c = simd.load(z, at_z + c), simd.load(y, at_y + c)
+                    simd.store(flat_gw, c0 + c, simd.fma(g_out * v, simd.splat(scale), simd.load(flat_gw, c0 + c)))
+                    grad_v = simd.splat(scale) * (g_out * simd.load(weight, c0 + c) - v * simd.splat(correction))
+                    simd.store(flat_gy, at_out + c, grad_v * z_c * gate)
+                    simd.store(flat_gz, at_out + c, grad_v * y_c * gate * simd.fma(z_c, one - gate, one))
+                for i in range(whole, width):
                     c = c0 + i
-                    grad_weight[item, c] += grad_out[row, c] * gated[i] * scale
+                    flat_gw[c] += grad_out[row, c] * gated[i] * scale
                     grad_v = scale * (grad_out[row, c] * weight[c] - gated[i] * correction)
                     gate, z_c = gates[i], z[row, c]
                     grad_y[row, c] = grad_v * z_c * gate
@@ -100,8 +135,8 @@ def gated_rms_norm_backward(y, z, weight, groups: int, eps: float, grad_out) -> 
     grad_weight = torch.empty(-(-rows // ROWS), channels, dtype=torch.float32)
     _backward_kernel(
         y.numel(),
-        as_array(y.reshape(-1, channels)),
-        as_array(z.reshape(-1, channels)),
+        strided_view(y.reshape(-1, channels)),
+        strided_view(z.reshape(-1, channels)),
         as_array(weight),
         groups,
         np.float32(eps),

@@ -160,8 +160,9 @@ def _backward(
     groups, d_state = B.shape[2], B.shape[3]
     per_group = heads // groups
     n_chunks = checkpoints.shape[1] - 1
-    flat_x, flat_gy, flat_gx = x.reshape(-1), grad_y.reshape(-1), grad_x.reshape(-1)
-    flat_B, flat_C, flat_gB, flat_gC = B.reshape(-1), C.reshape(-1), grad_B.reshape(-1), grad_C.reshape(-1)
+    flat_gy, flat_gx, flat_gB, flat_gC = grad_y.reshape(-1), grad_x.reshape(-1), grad_B.reshape(-1), grad_C.reshape(-1)
+    x_strides = (x.strides[0] // 4, x.strides[1] // 4, x.strides[2] // 4)  # x, B, C may be strided views
+    state_strides = (B.strides[0] // 4, B.strides[1] // 4, B.strides[2] // 4)
     for job in prange(batch * heads):
         b, head = job // heads, job % heads
         g = head // per_group
@@ -182,9 +183,9 @@ def _backward(
             for i in range(steps):
                 dt_t = dt[b, t0 + i, head]
                 decays[i] = exp_nonpositive(dt_t * A_h)
-                x_row = ((b * length + t0 + i) * heads + head) * head_dim
+                x_row = b * x_strides[0] + (t0 + i) * x_strides[1] + head * x_strides[2]
                 for c0 in range(0, head_dim, LANES):
-                    simd.store(drives, i * head_dim + c0, simd.splat(dt_t) * simd.load(flat_x, x_row + c0))
+                    simd.store(drives, i * head_dim + c0, simd.splat(dt_t) * simd.load(x, x_row + c0))
                     simd.store(grad_drives, i * head_dim + c0, simd.splat(np.float32(0.0)))
             start = checkpoints[b, chunk_index, head].reshape(-1)
             # <dL/dh_{t1-1}, h_{t1-1}> from outside the chunk, before grad_h moves: see `_decay_gradients`
@@ -199,8 +200,8 @@ def _backward(
                                   grad_drives, sums_B, row0, row_stride, head_dim, d_state)  # fmt: skip
             carry = decays[0]  # grad_h holds dL/dh_{t0}; dL/dh_{t0-1} = decay_{t0} * that, applied lazily
             grad_A_chunk, grad_D_chunk = _chunk_finish(
-                flat_x, dt, flat_B, flat_C, D_h, A_h, flat_gy, b, g, head, groups, t0, steps, outside, grad_drives,
-                sums_B, sums_C, flat_gB, flat_gC, flat_gx, grad_dt, head_dim, d_state,
+                x, dt, B, C, x_strides, state_strides, D_h, A_h, flat_gy, b, g, head, t0, steps, outside,
+                grad_drives, sums_B, sums_C, flat_gB, flat_gC, flat_gx, grad_dt, head_dim, d_state,
             )  # fmt: skip
             grad_A_total += grad_A_chunk
             grad_D_total += grad_D_chunk
@@ -300,8 +301,8 @@ def _chunk_grad_h(
 
 @njit(inline="always")
 def _chunk_finish(
-    flat_x, dt, flat_B, flat_C, D_h, A_h, flat_gy, b, g, head, groups, t0, steps, outside, grad_drives,
-    sums_B, sums_C, flat_gB, flat_gC, flat_gx, grad_dt, head_dim, d_state,
+    x, dt, B, C, x_strides, state_strides, D_h, A_h, flat_gy, b, g, head, t0, steps, outside,
+    grad_drives, sums_B, sums_C, flat_gB, flat_gC, flat_gx, grad_dt, head_dim, d_state,
 ):  # fmt: skip
     """Per token of the chunk, last first: fold the partial sums into dL/dB_t and dL/dC_t, then dL/dx,
     dL/ddt and the chunk's shares of dL/dA and dL/dD. The decay's gradient needs no stored states:
@@ -321,23 +322,27 @@ def _chunk_finish(
     for i in range(steps - 1, -1, -1):
         t = t0 + i
         dt_t = dt[b, t, head]
-        row, state_row = ((b * length + t) * heads + head) * d_state, ((b * length + t) * groups + g) * d_state
+        row = ((b * length + t) * heads + head) * d_state
+        state_row = b * state_strides[0] + t * state_strides[1] + g * state_strides[2]
         B_grad_B, C_grad_C = zero, zero
         for k0 in range(0, d_state, LANES):
             grad_B_t = simd.lane_sums(sums_B, (i * d_state + k0) * LANES)
             grad_C_t = simd.lane_sums(sums_C, (i * d_state + k0) * LANES)
             simd.store(flat_gB, row + k0, grad_B_t)
             simd.store(flat_gC, row + k0, grad_C_t)
-            B_grad_B = simd.fma(simd.load(flat_B, state_row + k0), grad_B_t, B_grad_B)
-            C_grad_C = simd.fma(simd.load(flat_C, state_row + k0), grad_C_t, C_grad_C)
+            B_grad_B = simd.fma(simd.load(B, state_row + k0), grad_B_t, B_grad_B)
+            C_grad_C = simd.fma(simd.load(C, state_row + k0), grad_C_t, C_grad_C)
         grad_log_decay = q + np.float64(simd.total(C_grad_C)) - np.float64(simd.total(B_grad_B))  # q + C.dL/dC = Q_t
         q = grad_log_decay
-        x_row = ((b * length + t) * heads + head) * head_dim
+        x_row, out_row = (
+            b * x_strides[0] + t * x_strides[1] + head * x_strides[2],
+            ((b * length + t) * heads + head) * head_dim,
+        )
         grad_dt_t, grad_D_t = zero, zero
         for c0 in range(0, head_dim, LANES):
             grad_drive = simd.load(grad_drives, i * head_dim + c0)
-            x_c, g_y = simd.load(flat_x, x_row + c0), simd.load(flat_gy, x_row + c0)
-            simd.store(flat_gx, x_row + c0, simd.fma(g_y, simd.splat(D_h), simd.splat(dt_t) * grad_drive))
+            x_c, g_y = simd.load(x, x_row + c0), simd.load(flat_gy, out_row + c0)
+            simd.store(flat_gx, out_row + c0, simd.fma(g_y, simd.splat(D_h), simd.splat(dt_t) * grad_drive))
             grad_dt_t = simd.fma(x_c, grad_drive, grad_dt_t)
             grad_D_t = simd.fma(g_y, x_c, grad_D_t)
         grad_dt[b, t, head] = simd.total(grad_dt_t) + np.float32(grad_log_decay) * A_h
@@ -350,10 +355,11 @@ _forward_kernel, _backward_kernel = Kernel(_forward), Kernel(_backward)
 
 
 def strided_view(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a float32 tensor whose last dim is contiguous, without copying (x, B and C
-    are column slices of the conv's output); `as_array`'s contiguous copy otherwise (and under autograd)."""
-    if t.dtype == torch.float32 and not t.requires_grad and t.stride(-1) == 1:
-        return t.numpy()
+    """A numpy view of a float32 activation whose last dim is contiguous, without copying (x, B and C
+    are column slices of the conv's output, z one of in_proj's); `as_array`'s contiguous copy otherwise.
+    Not for parameters: `numpy()` pins a storage's size (see `as_array`)."""
+    if t.dtype == torch.float32 and t.stride(-1) == 1:
+        return t.detach().numpy()
     return as_array(t)
 
 
@@ -412,11 +418,11 @@ def ssd_backward(x, dt, A, B, C, D, checkpoints, grad_y, grad_final):
     grad_h0 = torch.empty(batch, heads, wide_n, wide_p, dtype=torch.float32)
     _backward_kernel(
         x.numel() * d_state,
-        as_array(_pad_last(x, wide_p)),
+        strided_view(_pad_last(x, wide_p)),
         as_array(dt),
         as_array(A),
-        as_array(_pad_last(B, wide_n)),
-        as_array(_pad_last(C, wide_n)),
+        strided_view(_pad_last(B, wide_n)),
+        strided_view(_pad_last(C, wide_n)),
         as_array(D),
         as_array(checkpoints),
         as_array(_pad_last(grad_y, wide_p)),
