@@ -37,8 +37,11 @@ SHAPES = [  # (batch, length, heads, head_dim, groups, d_state)
     (2, 64, 4, 16, 1, 8),
     (1, 65, 6, 8, 3, 8),
     (2, 200, 4, 8, 2, 16),
-    (1, 130, 2, 64, 1, 64),  # head dim 64 at n = 64: one backward block per head
-    (1, 70, 2, 24, 1, 384),  # a large state: the backward splits each head into blocks
+    (1, 130, 2, 64, 1, 64),  # n = p = 64: whole register tiles, two chunks and a part
+    (2, 97, 4, 64, 2, 64),  # the same with groups and batch
+    (1, 1, 2, 64, 1, 64),  # one token
+    (2, 150, 3, 48, 1, 32),  # p padded from 48 to 64
+    (1, 70, 2, 24, 1, 384),  # a large state
 ]
 
 
@@ -127,9 +130,13 @@ def test_fused_decode_step_matches_layer_code_and_full_forward(options):
     assert_close(fused, full, "decoded vs full forward")
 
 
-def test_mamba2_layer_gradients_match_with_and_without_the_kernel():
+@pytest.mark.parametrize(
+    "mamba2", [{"d_state": 8, "head_dim": 8, "n_groups": 2}, {"d_state": 64, "head_dim": 32, "n_groups": 1}]
+)
+def test_mamba2_layer_gradients_match_with_and_without_the_kernel(mamba2):
+    """Under autograd the kernels read x, B, C and z as column slices (no copies): every parameter's gradient."""
     torch.manual_seed(5)
-    model = HybridLM(tiny_config(pattern="D", mamba2={"d_state": 8, "head_dim": 8, "n_groups": 2}))
+    model = HybridLM(tiny_config(pattern="D", mamba2=mamba2))
     tokens = torch.randint(0, 50, (2, 70))
     grads = {}
     for choice in ("cpu", "reference"):
@@ -142,7 +149,7 @@ def test_mamba2_layer_gradients_match_with_and_without_the_kernel():
         assert_close(grad, grads["reference"][name], name)
 
 
-@pytest.mark.parametrize("shape,groups", [((2, 70, 16), 1), ((1, 130, 24), 3), ((1, 1, 8), 2)])
+@pytest.mark.parametrize("shape,groups", [((2, 70, 16), 1), ((1, 130, 24), 3), ((1, 1, 8), 2), ((2, 33, 40), 2)])
 def test_gated_rms_norm_kernel_matches_reference(shape, groups):
     torch.manual_seed(6)
     inputs = [torch.randn(shape), torch.randn(shape) * 2, torch.randn(shape[-1])]
@@ -190,3 +197,40 @@ def test_kernels_read_column_slices_without_copies():
     assert_close(y, y_ref, "y")
     assert_close(state, state_ref, "state")
     assert_close(normed, gated_rms_norm_ref(y_ref.flatten(-2), z, weight, 2, 1e-5), "gated norm")
+
+
+def test_ssd_kernel_pads_checkpoints_to_whole_tiles():
+    """n and p are zero-padded to the register tiles; the fake (meta) op reports the same shape."""
+    torch.manual_seed(9)
+    inputs = ssd_inputs(1, 70, 2, 24, 1, 20)
+    _, _, checkpoints = custom_ops.ssd(*inputs)
+    assert checkpoints.shape == (1, 3, 2, 32, 32)  # ceil(70 / 64) + 1 states, n 20 -> 32, p 24 -> 32
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = custom_ops.ssd(*(mode.from_tensor(t) for t in inputs))[2]
+    assert fake.shape == checkpoints.shape
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_causal_conv_kernel_reads_a_column_slice(with_state):
+    """Mamba-2's conv input xBC is a column slice of in_proj's output; 20 channels: one whole vector
+    and four one by one. Outputs and gradients against the reference."""
+    from hybridlm.ops.causal_conv import causal_conv1d_ref
+    from hybridlm.ops.causal_conv_cpu import CausalConv1dFunction
+
+    torch.manual_seed(10)
+    buffer = torch.randn(2, 41, 31)
+    x = buffer[..., 5:25]
+    weight, bias = torch.randn(20, 1, 3), torch.randn(20)
+    state = torch.randn(2, 20, 2) if with_state else None
+    assert not x.is_contiguous()
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (buffer, weight, bias, state)]
+    out = CausalConv1dFunction.apply(leaves[0][..., 5:25], leaves[1], leaves[2], leaves[3], True)
+    reference_leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in leaves]
+    expected = causal_conv1d_ref(reference_leaves[0][..., 5:25], *reference_leaves[1:], True)
+    assert_close(out.detach(), expected.detach(), "out")
+    weights = torch.linspace(-1, 2, out.numel()).view(out.shape)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for name, leaf, reference in zip(("x", "weight", "bias", "state"), leaves, reference_leaves):
+        if leaf is not None:
+            assert_close(leaf.grad, reference.grad, name)
