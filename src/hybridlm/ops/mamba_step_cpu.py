@@ -19,6 +19,13 @@ so the caller's conv and SSM states are updated in place and only y (b, d_in) is
 `mamba_sublayer_step` runs the whole pre-normed sub-layer for one token in one call, the norm and
 both projections included (out_proj(step(in_proj(RMSNorm(u))))), with its weights viewed in place
 (ops/decode_cpu.py): decoding a tiny Mamba drops from ~8 eager ops and ~60 us a layer to one call.
+
+Every loop is written to vectorise, since past the weight reads the step is arithmetic on d_in n
+elements: softplus and SiLU branch-free on numba_support's exp (libm's are scalar calls); each
+channel's n states 16 at a time on ops/simd.py vectors, exp(dt A) = 2^(dt A log2 e); dt_proj read
+as a transposed copy (g, r, w), so dt accumulates along whole rows; the GEMVs four weight rows per
+pass over the input. numba's cache follows this file only: after editing ops/simd.py, delete
+ops/__pycache__/mamba_step_cpu*.nb* too.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ def _rms_norm(v, weight, eps):
 def _softplus(a):
     """log(1 + e^a) = max(a, 0) + log1p(e^-|a|), with log1p(v) = 2 atanh(s), s = v / (2 + v) <= 1/3, by its
     odd series to s^13 (truncation 2e-8 relative): branch-free arithmetic, so a loop over it vectorises
-    (libm's log1p and exp are scalar calls). Equals a above ~17, where e^-a is below a's half ulp,
+    (libm's log1p and exp are scalar calls). Equals a from ~15 on, where e^-a is below a's half ulp,
     as torch's softplus (threshold 20) does."""
     v = exp_nonpositive(-abs(a))
     s = v / (np.float32(2.0) + v)
