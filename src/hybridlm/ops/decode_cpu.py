@@ -158,13 +158,19 @@ def _rope_in_place(out, positions, inv_freq, head_dim, heads):
 
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _mlp_step(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
-    batch = x.shape[0]
-    hidden = up.shape[0]
     normed = np.empty_like(x)
     if norm_weight.size:
         rms_norm_into(x, norm_weight, eps, offset, normed)
     else:  # an MoE expert: its input is already normed
         normed[:] = x
+    mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, out)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
+    """out (b, d) = W_down act(W_gate x) * (W_up x), or W_down act(W_up x) without a gate; x (b, d) normed."""
+    batch = normed.shape[0]
+    hidden = up.shape[0]
     up_out = np.empty((batch, hidden), np.float32)
     gemv_into(up, up_bias, normed, up_out, 0)
     if gate.size:  # gated: act(W_gate x) * (W_up x)
@@ -252,7 +258,7 @@ def mlp_weights(norm, mlp) -> tuple | None:
     if mlp.activation_name not in ACTIVATION_CODES or not viewable(*tensors):
         return None
     views = []
-    for linear in (gate, up, down):
-        views += [weight_view(None if linear is None else linear.weight)]
+    for linear in (gate, up, down):  # no gate: an empty (0, 0) matrix, so the kernel types as for a gated one
+        views += [np.zeros((0, 0), np.float32) if linear is None else weight_view(linear.weight)]
         views += [weight_view(None if linear is None else linear.bias)]
     return (DecodeWeights(tensors), *norm_views(norm), np.int64(ACTIVATION_CODES[mlp.activation_name]), *views)
