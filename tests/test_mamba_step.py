@@ -14,7 +14,7 @@ pytest.importorskip("numba")
 
 from numba import njit  # noqa: E402
 
-from hybridlm.ops import mamba_step_cpu  # noqa: E402
+from hybridlm.ops import decode_cpu, mamba_step_cpu  # noqa: E402
 
 TOLERANCE = 2e-5  # as tests/test_decode_fast.py
 
@@ -47,10 +47,11 @@ def test_gemv_matches_matmul(rows, width, batch, biased):
     weight = generator.standard_normal((rows, width)).astype(np.float32)
     bias = generator.standard_normal(rows).astype(np.float32) if biased else np.zeros(0, np.float32)
     x = generator.standard_normal((batch, width + 3)).astype(np.float32)  # read from column 3 on
-    out = np.full((batch, rows), np.nan, np.float32)
-    mamba_step_cpu._gemv(weight, bias, x, 3, out)
+    out = np.full((batch, rows + 3), np.nan, np.float32)  # written from column 2 on
+    decode_cpu.gemv_rows(weight, bias, x, 3, out, 2)
     expected = x[:, 3:].astype(np.float64) @ weight.T.astype(np.float64) + (bias if biased else 0.0)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[:, 2:-1], expected, rtol=1e-5, atol=1e-5)
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, -1]).all()  # nothing outside its columns
 
 
 def _decode(model, tokens, prompt=3):

@@ -117,16 +117,42 @@ def rms_norm_into(x, weight, eps, offset, out):
 
 @njit(inline="always", fastmath=True, error_model="numpy")
 def gemv_into(weight, bias, x, out, column):
-    """out[:, column : column + o] = x @ weight.T (+ bias); weight (o, i), x (b, i). Each weight row
-    is read once for all b rows."""
+    """out[:, column : column + o] = x @ weight.T (+ bias); weight (o, i), x (b, i)."""
+    gemv_rows(weight, bias, x, 0, out, column)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def gemv_rows(weight, bias, x, x0, out, column):
+    """out[:, column : column + o] = x[:, x0 : x0 + i] @ weight.T (+ bias); weight (o, i) row-major,
+    an empty bias for none.
+
+    Four weight rows at a time, in their stored order, each read once for all b rows: four dot
+    products per pass over x, so the loop along i vectorises, four accumulators hide the FMA latency
+    and four streams of weights are in flight (with the weights out of cache: 20.7 against 17.8 GB/s
+    for one row at a time, over the small transformer's matrices)."""
     rows, width = weight.shape
-    for o in range(rows):
-        b = bias[o] if bias.size else np.float32(0.0)
+    blocked = rows - rows % 4
+    for o in range(0, blocked, 4):
+        for row in range(x.shape[0]):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(width):
+                v = x[row, x0 + i]
+                a0 += weight[o, i] * v
+                a1 += weight[o + 1, i] * v
+                a2 += weight[o + 2, i] * v
+                a3 += weight[o + 3, i] * v
+            out[row, column + o], out[row, column + o + 1] = a0, a1
+            out[row, column + o + 2], out[row, column + o + 3] = a2, a3
+    for o in range(blocked, rows):
         for row in range(x.shape[0]):
             acc = np.float32(0.0)
             for i in range(width):
-                acc += weight[o, i] * x[row, i]
-            out[row, column + o] = acc + b
+                acc += weight[o, i] * x[row, x0 + i]
+            out[row, column + o] = acc
+    if bias.size:
+        for row in range(x.shape[0]):
+            for o in range(rows):
+                out[row, column + o] += bias[o]
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)

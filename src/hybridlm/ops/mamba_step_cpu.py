@@ -37,7 +37,7 @@ import torch
 from numba import njit
 
 from . import simd
-from .decode_cpu import DecodeWeights, norm_views, rms_norm_into, viewable, weight_view
+from .decode_cpu import DecodeWeights, gemv_rows, norm_views, rms_norm_into, viewable, weight_view
 from .numba_support import as_array, exp_nonpositive, step_arrays
 from .simd import LANES
 
@@ -80,37 +80,6 @@ def _silu(a):
     return a * (np.float32(1.0) if a >= 0 else e) / (np.float32(1.0) + e)
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
-def _gemv(weight, bias, x, x0, out):
-    """out (b, o) = x[:, x0 : x0 + i] @ weight.T (+ bias); weight (o, i) row-major, an empty bias for none.
-
-    Four weight rows at a time, in their stored order, each read once for all b rows: four dot
-    products per pass over x, so the loop along i vectorises and four accumulators hide the FMA
-    latency (one row at a time streams at about half of torch.mv's rate here)."""
-    rows, width = weight.shape
-    blocked = rows - rows % 4
-    for o in range(0, blocked, 4):
-        for row in range(x.shape[0]):
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(width):
-                v = x[row, x0 + i]
-                a0 += weight[o, i] * v
-                a1 += weight[o + 1, i] * v
-                a2 += weight[o + 2, i] * v
-                a3 += weight[o + 3, i] * v
-            out[row, o], out[row, o + 1], out[row, o + 2], out[row, o + 3] = a0, a1, a2, a3
-    for o in range(blocked, rows):
-        for row in range(x.shape[0]):
-            acc = np.float32(0.0)
-            for i in range(width):
-                acc += weight[o, i] * x[row, x0 + i]
-            out[row, o] = acc
-    if bias.size:
-        for row in range(x.shape[0]):
-            for o in range(rows):
-                out[row, o] += bias[o]
-
-
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _step(
     x_in, z, conv_state, conv_weight, conv_bias, x_proj, dt_proj_t, dt_bias, inner_norms, dt_norm, B_norm, C_norm, eps,
@@ -142,7 +111,7 @@ def _step(
             x[c] = _silu(x[c])
         for g in range(heads):
             c0 = g * head_width
-            _gemv(x_proj[g], no_bias, x.reshape((1, channels)), c0, projected.reshape((1, n_out)))
+            gemv_rows(x_proj[g], no_bias, x.reshape((1, channels)), c0, projected.reshape((1, n_out)), 0)
             if inner_norms:
                 _rms_norm(projected[:rank], dt_norm, eps)
                 _rms_norm(projected[rank : rank + d_state], B_norm, eps)
@@ -245,13 +214,13 @@ def _sublayer_step(
     normed = np.empty_like(u)
     rms_norm_into(u, norm_weight, eps, offset, normed)
     xz = np.empty((batch, 2 * channels), np.float32)
-    _gemv(in_weight, in_bias, normed, 0, xz)
+    gemv_rows(in_weight, in_bias, normed, 0, xz, 0)
     y = np.empty((batch, channels), np.float32)
     _step(
         xz[:, :channels], xz[:, channels:], conv_state, conv_weight, conv_bias, x_proj, dt_proj_t, dt_bias,
         inner_norms, dt_norm, B_norm, C_norm, inner_eps, A_log2e, D, ssm_state, y,
     )  # fmt: skip
-    _gemv(out_weight, out_bias, y, 0, out)
+    gemv_rows(out_weight, out_bias, y, 0, out, 0)
 
 
 def mamba_sublayer_step(u: torch.Tensor, conv_state, ssm_state, weights: tuple) -> torch.Tensor:
