@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
 from . import simd
-from .numba_support import PARALLEL_MIN_WORK, Kernel, as_array
+from .numba_support import Kernel, as_array
 from .simd import LANES
 
 PREFETCH = 16  # tokens ahead that the kernels ask for their strided rows
@@ -265,11 +264,6 @@ def _backward(
 _forward_kernel, _backward_kernel = Kernel(_forward), Kernel(_backward)
 
 
-def _kernel_threads(work: int) -> int:
-    """The threads a Kernel call touching `work` elements runs on (Kernel.__call__'s choice)."""
-    return min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS) if work >= PARALLEL_MIN_WORK else 1
-
-
 def _channels_last(t: torch.Tensor) -> np.ndarray:
     """(..., d, n) -> (..., n, d) float32 contiguous: the kernels' layout for A and states."""
     return as_array(t.transpose(-1, -2))
@@ -305,7 +299,7 @@ def selective_scan_forward(x, dt, A, B, C, D, z, initial_state, keep_checkpoints
         z.numel() > 0,
         _channels_last(initial_state),
         CHUNK,
-        min(blocks, _kernel_threads(work)),  # each group's blocks split between the threads
+        min(blocks, Kernel.threads(work)),  # each group's blocks split between the threads
         out.numpy(),
         final_state.numpy(),
         checkpoints.numpy(),
