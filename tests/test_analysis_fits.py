@@ -79,7 +79,8 @@ def test_results_load_from_csv_json_and_json_lines(tmp_path):
 
 
 def test_analyze_scaling_fit_cli(capsys, tmp_path):
-    (tmp_path / "sweep.json").write_text(json.dumps(_synthetic_sweep()))
+    diverged = {**_synthetic_sweep()[0], "loss": None, "diverged": "step 2: non-finite loss"}  # left out
+    (tmp_path / "sweep.json").write_text(json.dumps([*_synthetic_sweep(), diverged]))
     plot = tmp_path / "scaling.png"
     code = main(["analyze", "--scaling-fit", str(tmp_path / "sweep.json"), "--json", "--plot", str(plot)])
     fits = json.loads(capsys.readouterr().out)

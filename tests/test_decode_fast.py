@@ -16,7 +16,7 @@ from hybridlm.ops.dispatch import kernels
 
 pytest.importorskip("numba")
 
-from hybridlm.ops import decode_cpu, mamba_step_cpu  # noqa: E402
+from hybridlm.ops import decode_cpu, mamba_step_cpu, moe_decode_cpu  # noqa: E402
 
 TOLERANCE = 2e-5
 FUSED_PRESETS = ("mamba", "jamba", "transformer", "zamba", "griffin")  # griffin: partial RoPE, (1 + w) norms
@@ -38,7 +38,7 @@ def _reference_decode(model, tokens):
 @pytest.fixture
 def calls(monkeypatch):
     """How many times each fused kernel ran."""
-    counts = {"mamba": 0, "mlp": 0, "project": 0, "rms_norm": 0}
+    counts = {"mamba": 0, "mlp": 0, "project": 0, "rms_norm": 0, "moe": 0}
 
     def counting(name, fn):
         def wrapper(*args):
@@ -51,6 +51,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(decode_cpu, "_mlp_step", counting("mlp", decode_cpu._mlp_step))
     monkeypatch.setattr(decode_cpu, "_norm_project", counting("project", decode_cpu._norm_project))
     monkeypatch.setattr(decode_cpu, "_rms_norm", counting("rms_norm", decode_cpu._rms_norm))
+    monkeypatch.setattr(moe_decode_cpu, "_moe_token", counting("moe", moe_decode_cpu._moe_token))
     return counts
 
 
@@ -70,18 +71,17 @@ def test_fused_decode_equals_reference_and_full_forward(name, batch, calls):
     steps = tokens.shape[1] - 3
     assert calls["mamba"] == steps * chars.count("M")
     if model.config.mlp.activation in ("silu", "gelu_tanh"):  # the activations the fused MLP computes
-        assert calls["mlp"] >= steps * chars.count("F")  # and MoE experts (one token each) when the pattern has E
-        if "E" in chars:
-            assert calls["mlp"] > steps * chars.count("F")
+        assert calls["mlp"] >= steps * chars.count("F")  # the prompt may run one-token experts too
     attention = chars.count("A") + chars.count("L")
-    moe = model.config.moe  # an MoE's router reads the normed token in one fused call too, for few rows
-    routers = chars.count("E") if batch * moe.top_k <= moe.n_experts else 0
-    assert calls["project"] == steps * (1 + attention + routers)  # the LM head, each attention's q, k, v
+    moe = model.config.moe  # an MoE's router and experts run in one fused call too, for few rows
+    assert calls["moe"] == (steps * chars.count("E") if batch * moe.top_k <= moe.n_experts else 0)
+    assert calls["project"] == steps * (1 + attention)  # the LM head, each attention's q, k, v
 
 
-def test_offset_norm_and_biases():
-    """Gemma's (1 + w) norm and biased projections take the fused path with the same result."""
-    overrides = {"norm_offset": True, "mlp": {"bias": True}, "attention": {"qkv_bias": True}}
+@pytest.mark.parametrize("gated", [True, False])
+def test_offset_norm_and_biases(gated):
+    """Gemma's (1 + w) norm, biased projections and an ungated MLP take the fused path with the same result."""
+    overrides = {"norm_offset": True, "mlp": {"bias": True, "gated": gated}, "attention": {"qkv_bias": True}}
     config = ModelConfig.from_preset("transformer", "tiny", **overrides)
     model = HybridLM(config).eval()
     with torch.no_grad():

@@ -11,7 +11,7 @@ from hybridlm.ops.dispatch import kernels
 
 pytest.importorskip("numba")
 
-from hybridlm.ops import decode_cpu, mamba2_step_cpu, shared_step_cpu  # noqa: E402
+from hybridlm.ops import attention_decode_cpu, decode_cpu, mamba2_step_cpu, shared_step_cpu  # noqa: E402
 
 TOLERANCE = 2e-5
 
@@ -43,7 +43,7 @@ def _perturbed(config: ModelConfig, seed: int = 0) -> HybridLM:
 @pytest.fixture
 def calls(monkeypatch):
     """How many times each fused kernel ran."""
-    counts = {"mamba2": 0, "project": 0, "after": 0, "mlp": 0}
+    counts = {"mamba2": 0, "project": 0, "after": 0, "mlp": 0, "attend": 0}
 
     def counting(name, fn):
         def wrapper(*args):
@@ -56,6 +56,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(shared_step_cpu, "_project", counting("project", shared_step_cpu._project))
     monkeypatch.setattr(shared_step_cpu, "_after_attention", counting("after", shared_step_cpu._after_attention))
     monkeypatch.setattr(decode_cpu, "_mlp_step", counting("mlp", decode_cpu._mlp_step))
+    monkeypatch.setattr(attention_decode_cpu, "_attend_token", counting("attend", attention_decode_cpu._attend_token))
     return counts
 
 
@@ -69,6 +70,8 @@ def _check(model, tokens, calls, fused_shared: bool = True):
     steps, chars = tokens.shape[1] - 3, model.config.chars
     assert calls["mamba2"] == steps * chars.count("D")
     assert calls["project"] == calls["after"] == (steps * chars.count("S") if fused_shared else 0)
+    rope = model.config.shared.rope  # with RoPE the shared block runs `attend`, which rotates q and k
+    assert calls["attend"] == (0 if rope else calls["project"])
 
 
 @pytest.mark.parametrize("name", ["mamba2", "zamba2", "zamba"])
@@ -139,10 +142,10 @@ def test_lora_in_the_fused_mlp_equals_the_eager_delta():
     x = torch.randn(2, 12)
     with torch.no_grad():
         expected = mlp(x, gate_up_delta=adapter(x))
-        weights = decode_cpu.mlp_weights(None, mlp)[1:]
+        weights = decode_cpu.mlp_weights(None, mlp)[4:]  # the activation code and the linears' views
         out = torch.empty(2, 12).numpy()
         down, up = shared_step_cpu._adapter_views(adapter)
-        decode_cpu.mlp_into(x.numpy(), *weights, down, up, out)
+        decode_cpu.lora_mlp_into(x.numpy(), *weights, down, up, out)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -116,3 +116,22 @@ def test_every_shipped_sweep_resolves(path, capsys):
     sampler = "grid" if "search" not in json.loads(Path(path).read_text()) else "tpe"
     assert main(["sweep", path, "--sampler", sampler, "--list"]) == 0
     assert capsys.readouterr().out
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    """A learning rate that makes the loss non-finite: its row says why, with no loss or accuracy; the
+    other points train, the report and the frontiers leave it out, and resuming does not retrain it."""
+    train = {**SPEC["train"], "warmup_steps": 0}
+    spec = {**SPEC, "train": train, "grid": {"pattern": ["M A"], "train.lr": [1e-3, 1e6]}}
+    spec_path = tmp_path / "sweep.json"
+    spec_path.write_text(json.dumps(spec))
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    good, diverged = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert good["diverged"] is None and 0 <= good["accuracy"] <= 1
+    assert diverged["accuracy"] is None and diverged["loss"] is None and "non-finite" in diverged["diverged"]
+    assert "seed 0: diverged (step " in out and "1e+06     13.86K  diverged  diverged" in out
+    assert "Pareto frontier, accuracy vs cache bytes: lr=0.001 (0." in out
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
+    trained = []
+    assert run_sweep(spec, tmp_path / "out", progress=trained.append) == [good, diverged] and trained == []

@@ -8,7 +8,7 @@ import pytest
 from hybridlm import ConfigError
 from hybridlm.cli import main
 from hybridlm.sweep import run_sweep
-from hybridlm.sweep_optuna import OBJECTIVES, best_keys
+from hybridlm.sweep_optuna import OBJECTIVES, best_keys, study_name
 from hybridlm.sweep_report import non_dominated, summarize
 
 pytest.importorskip("optuna")
@@ -151,3 +151,21 @@ def test_the_cli_runs_a_search_and_lists_its_space(tmp_path, capsys):
     path.write_text(json.dumps({**SPEC, "search": {"train.lrr": {"log_uniform": [1e-4, 1e-2]}}}))
     assert main(["sweep", str(path), "--sampler", "tpe", "--list"]) == 2
     assert "did you mean 'train.lr'?" in capsys.readouterr().err
+
+
+def test_a_diverging_trial_fails_and_is_not_asked_again(tmp_path):
+    """The grid through Optuna: the diverging point's trial is FAIL with its reason, the study still
+    finishes every point, and a resumed study neither retrains nor re-asks it."""
+    import optuna
+
+    spec = {**SPEC, "train": {**SPEC["train"], "steps": 3}, "search": {"train.lr": {"choice": [1e-3, 1e6]}}}
+    spec["grid"] = {"pattern": ["M A"]}
+    rows = run_sweep(spec, tmp_path)
+    assert [row["diverged"] is not None for row in rows] == [False, True]
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name=study_name(spec, "grid"), storage=storage)
+    states = sorted((trial.state.name, "diverged" in trial.user_attrs) for trial in study.trials)
+    assert states == [("COMPLETE", False), ("FAIL", True)]
+    trained = []
+    assert run_sweep(spec, tmp_path, trained.append) == rows and trained == []
+    assert len(optuna.load_study(study_name=study_name(spec, "grid"), storage=storage).trials) == 2

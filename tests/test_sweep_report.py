@@ -139,3 +139,15 @@ def test_grid_rows_of_one_seed_keep_the_old_shape(tmp_path):
     spec = {"base": BASE, "train": TRAIN, "grid": {"pattern": ["M M"]}, "cost_seq_len": 1024}
     (row,) = run_sweep(spec, tmp_path)
     assert row["seed"] == 0 and row["pruned"] == [] and row["overrides"] == {"pattern": "M M"}
+
+
+def test_a_point_with_a_diverged_run_has_no_quality_and_loses_no_comparison():
+    diverged = {**_row(0.0, seed=1, **{"train.lr": 3.0}), "accuracy": None, "loss": None, "diverged": "step 2: ..."}
+    rows = [_row(0.3, **{"train.lr": 0.001}), _row(0.5, **{"train.lr": 3.0}), diverged]
+    low, high = summarize(rows)
+    assert (low["diverged"], low["accuracy"]) == (0, 0.3)
+    assert (high["diverged"], high["n"], high["accuracy"], high["loss_sd"]) == (1, 2, None, None)
+    (best,) = best_over_lr([low, high])
+    assert best["best_lr"] == 0.001  # the rate that diverged once is not a contender
+    (only,) = best_over_lr([high])
+    assert only["best_lr"] == 3.0 and only["accuracy"] is None  # unless every rate diverged

@@ -86,6 +86,22 @@ class KVCache:
         (its window - 1 slots then hold the latest tokens, all inside the new query's window)."""
         return not self.holds_padding and (self.window is None or self.length > self.keys.shape[2])
 
+    def next_slot(self) -> tuple[int, int] | None:
+        """For one unpadded token that a fused step writes itself (ops/attention_decode_cpu.py):
+        (slots it attends before its own key, the slot it is written to, -1 for none), growing the
+        append buffer when full; None where its query needs a mask (padding stored, ring not full).
+        The caller writes the slot and then counts it in `length`."""
+        if self.holds_padding:
+            return None
+        size = self.keys.shape[2]
+        if self.window is None:
+            if self.length == size:
+                self._grow(max(self.length + 1, 2 * size))
+            return self.length, self.length
+        if self.length < size:
+            return None
+        return size, (self.length % size if size else -1)
+
     def _append(self, keys, values, positions):
         start, end = self.length, self.length + keys.shape[2]
         if end > self.keys.shape[2]:

@@ -106,8 +106,9 @@ def open_study(spec: dict, out, sampler: str, space: dict):
 
 
 def run_study(spec: dict, out, sampler: str, trials: int | None, workers: int = 1, progress=None) -> list[dict]:
-    """Run (or resume) the study until it holds `trials` complete trials (the grid: all its points);
-    the rows of its complete trials' runs, in trial order."""
+    """Run (or resume) the study until it holds `trials` finished trials (the grid: all its points);
+    the rows of their runs, in trial order. A trial whose runs diverged is finished as FAIL (the
+    samplers learn nothing from it) with the reason in its `diverged` attribute, and is not asked again."""
     from .sweep import check_space, plan_runs, sweep_points
     from .sweep_runs import Results, train_runs
 
@@ -125,20 +126,27 @@ def run_study(spec: dict, out, sampler: str, trials: int | None, workers: int = 
         if sampler != "grid":
             study.enqueue_trial(stale.params)
     if sampler == "grid":
-        asked = [trial.params for trial in study.get_trials(deepcopy=False, states=(State.COMPLETE, State.WAITING))]
+        waiting = study.get_trials(deepcopy=False, states=(State.WAITING,))
+        asked = [trial.params for trial in _finished(study) + waiting]
         for point in sweep_points(spec):
             if point not in asked:
                 study.enqueue_trial(point)
-    while len(_complete(study)) < trials:
-        batch = [study.ask(made) for _ in range(min(max(workers, 1), trials - len(_complete(study))))]
+    while len(_finished(study)) < trials:
+        batch = [study.ask(made) for _ in range(min(max(workers, 1), trials - len(_finished(study))))]
         plans = plan_runs(spec, [_ordered(trial.params, space) for trial in batch], space)
         for trial, plan in zip(batch, plans):
             trial.set_user_attr("keys", [run.key for run in plan])
         rows = train_runs([run for plan in plans for run in plan], results, workers, progress)
         for trial, plan in zip(batch, plans):
-            study.tell(trial, objective_values([rows[run.key] for run in plan], sampler))
+            plan_rows = [rows[run.key] for run in plan]
+            diverged = [row["diverged"] for row in plan_rows if row.get("diverged")]
+            if diverged:
+                trial.set_user_attr("diverged", diverged[0])
+                study.tell(trial, state=State.FAIL)
+            else:
+                study.tell(trial, objective_values(plan_rows, sampler))
     runs_rows = []
-    for trial in _complete(study):
+    for trial in _finished(study):
         runs_rows.extend(results.rows[key] for key in trial.user_attrs["keys"])
     return list({row["key"]: row for row in runs_rows}.values())
 
@@ -151,9 +159,11 @@ def objective_values(rows: list[dict], sampler: str) -> list[float]:
     return [accuracy, float(rows[0]["train_flops_per_token"]), float(rows[0]["cache_bytes"])]
 
 
-def _complete(study) -> list:
-    optuna = _optuna()
-    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+def _finished(study) -> list:
+    """Complete trials and those failed because their runs diverged (not the interrupted ones), in order."""
+    State = _optuna().trial.TrialState
+    trials = study.get_trials(deepcopy=False, states=(State.COMPLETE, State.FAIL))
+    return [trial for trial in trials if trial.state == State.COMPLETE or "diverged" in trial.user_attrs]
 
 
 def _ordered(params: dict, space: dict) -> dict:

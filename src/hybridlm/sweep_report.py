@@ -26,7 +26,8 @@ def varied_axes(rows: list[dict]) -> list[str]:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """One row per point: its runs over seeds as `n`, `accuracy`/`loss` means and `accuracy_sd`/
-    `loss_sd` (sample sd; 0 for one seed), its costs (the same for every seed)."""
+    `loss_sd` (sample sd; 0 for one seed), its costs (the same for every seed). `diverged` counts its
+    runs that diverged; where any did, its metrics are None (a mean of the survivors would flatter it)."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         point = {axis: value for axis, value in row["overrides"].items() if axis != REPLICATE_AXIS}
@@ -42,26 +43,37 @@ def summarize(rows: list[dict]) -> list[dict]:
             "n": len(runs),
             "seeds": [run["seed"] for run in runs],
             "cost_seq_len": first["cost_seq_len"],
+            "diverged": sum(1 for run in runs if run.get("diverged")),
             **{cost: first[cost] for cost in COSTS},
         }
         for metric in ("accuracy", "loss"):
             values = [run[metric] for run in runs]
+            if point["diverged"]:
+                point[metric] = point[f"{metric}_sd"] = None
+                continue
             point[metric] = statistics.fmean(values)
             point[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
         points.append(point)
     return points
 
 
+def finished(points: list[dict]) -> list[dict]:
+    """The points with a quality to compare (none of their runs diverged): what frontiers are drawn over."""
+    return [point for point in points if point["accuracy"] is not None]
+
+
 def best_over_lr(points: list[dict]) -> list[dict]:
     """For each point of the other axes, the `train.lr` with the best mean accuracy (ties: the
-    first); `best_lr` holds it and `lrs` the rates tried. Points without an lr axis pass through."""
+    first; a rate whose runs diverged only where every rate did); `best_lr` holds it and `lrs` the
+    rates tried. Points without an lr axis pass through."""
     groups: dict[str, list[dict]] = {}
     for point in points:
         rest = {axis: value for axis, value in point["overrides"].items() if axis != LR_AXIS}
         groups.setdefault(json.dumps(rest, sort_keys=True), []).append(point)
     best = []
     for candidates in groups.values():
-        winner = max(candidates, key=lambda point: point["accuracy"])  # max keeps the first of ties
+        contenders = finished(candidates) or candidates[:1]
+        winner = max(contenders, key=lambda point: point["accuracy"] or 0.0)  # max keeps the first of ties
         best.append({**winner, "best_lr": winner["overrides"].get(LR_AXIS), "lrs": len(candidates)})
     return best
 

@@ -59,7 +59,7 @@ class Results:
 
 
 def measure(config: ModelConfig, recipe: TrainConfig, cost_len: int, final: dict, overrides: dict, seconds: float):
-    """One result row: quality, size, compute and memory of a trained point."""
+    """One result row: quality, size, compute and memory of a trained point (quality None if it diverged)."""
     model = build_meta(config)
     seq_len = recipe.task_settings.get("seq_len", recipe.seq_len)
     return {
@@ -81,13 +81,18 @@ def measure(config: ModelConfig, recipe: TrainConfig, cost_len: int, final: dict
 
 
 def train_one(run: Run) -> dict:
-    """Train a run and measure it: its result row."""
-    from .train import train
+    """Train a run and measure it: its result row. A run whose loss or gradients turn non-finite is
+    recorded, not raised: `diverged` holds the reason and its loss and accuracy are None, so the rest
+    of the sweep goes on and a resumed sweep does not train it again (its seed would diverge again)."""
+    from .train import TrainingDiverged, train
 
     start = time.perf_counter()
-    result = train(run.config, run.recipe)
-    row = measure(run.config, run.recipe, run.cost_len, result.final_eval, run.overrides, time.perf_counter() - start)
-    return {"key": run.key, **row, "pruned": list(run.pruned)}
+    try:
+        final, diverged = train(run.config, run.recipe).final_eval, None
+    except TrainingDiverged as stopped:
+        final, diverged = {"eval_loss": None, "eval_accuracy": None}, str(stopped)
+    row = measure(run.config, run.recipe, run.cost_len, final, run.overrides, time.perf_counter() - start)
+    return {"key": run.key, **row, "diverged": diverged, "pruned": list(run.pruned)}
 
 
 def _train_in_worker(config: dict, recipe: dict, run: dict) -> dict:
@@ -129,6 +134,9 @@ def train_runs(runs: list[Run], results: Results, workers: int = 1, progress=Non
 
 def _record(row: dict, results: Results, progress) -> None:
     results.add(row)
-    log.info("trained %s %s: accuracy %.3f", row["pattern"], row["overrides"], row["accuracy"])
+    if row.get("diverged"):
+        log.warning("%s %s diverged: %s", row["pattern"], row["overrides"], row["diverged"])
+    else:
+        log.info("trained %s %s: accuracy %.3f", row["pattern"], row["overrides"], row["accuracy"])
     if progress is not None:
         progress(row)

@@ -202,7 +202,8 @@ def plot_pareto(
     points: list[dict], path, costs=("train_flops_per_token", "cache_bytes"), quality="accuracy", labels=None
 ) -> Path:
     """Quality against each cost (log x), one panel per cost, the Pareto frontier drawn through; each
-    point labelled (`labels`, default its pattern), with its sd over seeds as an error bar."""
+    point labelled (`labels`, default its pattern), with its sd over seeds as an error bar. Points
+    without a quality (a diverged run) are left out."""
     return _save(pareto_figure(points, costs, quality, labels), path)
 
 
@@ -211,6 +212,8 @@ def pareto_figure(points: list[dict], costs=("train_flops_per_token", "cache_byt
     from .pareto import non_dominated
 
     labels = labels or [point["pattern"] for point in points]
+    kept = [(point, label) for point, label in zip(points, labels) if point[quality] is not None]
+    points, labels = [point for point, _ in kept], [label for _, label in kept]
     plt = _pyplot()
     fig, panels = plt.subplots(1, len(costs), figsize=(6 * len(costs), 4.6), squeeze=False)
     for axis, cost in zip(panels[0], costs):

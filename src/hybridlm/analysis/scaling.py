@@ -118,6 +118,11 @@ def fit_by_ratio(
     }
 
 
+def trained(rows: list[dict], loss_key: str = "loss") -> list[dict]:
+    """The rows with a loss: not those of runs that diverged (`diverged` set, loss null or an empty CSV cell)."""
+    return [row for row in rows if not row.get("diverged") and row.get(loss_key) not in (None, "")]
+
+
 def load_results(path) -> list[dict]:
     """Sweep results from a CSV file (a header row), a JSON list of objects, or JSON lines."""
     path = Path(path)

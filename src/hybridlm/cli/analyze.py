@@ -241,10 +241,10 @@ def _flops(count: float) -> str:
 
 
 def _scaling_fit(args) -> None:
-    from ..analysis.scaling import fit_by_ratio, load_results
+    from ..analysis.scaling import fit_by_ratio, load_results, trained
     from ..config import ConfigError
 
-    rows = load_results(args.scaling_fit)
+    rows = trained(load_results(args.scaling_fit))  # a diverged run has no loss to fit
     try:
         fits = fit_by_ratio(rows)
     except ValueError as error:

@@ -61,10 +61,11 @@ def run(args) -> None:
     with progress_bar(total or 0, "sweep") as bar:
 
         def report(row: dict) -> None:
-            line = (
-                f"{row['pattern']:<24} {row['overrides']} seed {row['seed']}: accuracy {row['accuracy']:.3f}, "
-                f"loss {row['loss']:.3f} ({row['seconds']:.0f} s)"
-            )
+            if row.get("diverged"):
+                outcome = f"diverged ({row['diverged']})"
+            else:
+                outcome = f"accuracy {row['accuracy']:.3f}, loss {row['loss']:.3f}"
+            line = f"{row['pattern']:<24} {row['overrides']} seed {row['seed']}: {outcome} ({row['seconds']:.0f} s)"
             if bar is None:
                 print(line, flush=True)
             else:
@@ -88,7 +89,16 @@ def run(args) -> None:
 
 def _print_report(rows: list[dict], sampler: str) -> None:
     from ..sweep_optuna import OBJECTIVES
-    from ..sweep_report import LR_AXIS, axis_label, best_over_lr, non_dominated, pruned_notes, summarize, varied_axes
+    from ..sweep_report import (
+        LR_AXIS,
+        axis_label,
+        best_over_lr,
+        finished,
+        non_dominated,
+        pruned_notes,
+        summarize,
+        varied_axes,
+    )
 
     axes = varied_axes(rows)
     points = summarize(rows)
@@ -100,11 +110,11 @@ def _print_report(rows: list[dict], sampler: str) -> None:
         print("\nbest over learning rate (each point at the train.lr of its best mean accuracy):")
         print(_table(best_over_lr(points), [axis for axis in axes if axis != LR_AXIS], best_lr=True))
     for cost in ("train_flops_per_token", "cache_bytes"):
-        front = non_dominated(points, {"accuracy": "maximize", cost: "minimize"})
+        front = non_dominated(finished(points), {"accuracy": "maximize", cost: "minimize"})
         shown = ", ".join(f"{axis_label(p, axes)} ({p['accuracy']:.3f})" for p in sorted(front, key=lambda p: p[cost]))
         print(f"\nPareto frontier, accuracy vs {cost.replace('_', ' ')}: {shown}")
     if sampler == "nsga2":
-        front = non_dominated(points, OBJECTIVES)
+        front = non_dominated(finished(points), OBJECTIVES)
         print(
             f"\nNSGA-II non-dominated set ({', '.join(OBJECTIVES)}): " + "; ".join(axis_label(p, axes) for p in front)
         )
@@ -126,13 +136,19 @@ def _table(points: list[dict], axes: list[str], best_lr: bool = False) -> str:
                 *([_value(point["best_lr"]), point["lrs"]] if best_lr else []),
                 *([point["n"]] if replicated else []),
                 human(point["params"]),
-                f"{point['accuracy']:.3f}" + (f" ± {point['accuracy_sd']:.3f}" if replicated else ""),
-                f"{point['loss']:.3f}" + (f" ± {point['loss_sd']:.3f}" if replicated else ""),
+                *(_metric(point, metric, replicated) for metric in ("accuracy", "loss")),
                 human(point["train_flops_per_token"]),
                 human(point["cache_bytes"]) + "B",
             ]
         )
     return format_table(headers, table)
+
+
+def _metric(point: dict, metric: str, replicated: bool) -> str:
+    """'0.812', '0.812 ± 0.010' over seeds, or 'diverged' ('diverged 1/3' of several seeds)."""
+    if point[metric] is None:
+        return "diverged" + (f" {point['diverged']}/{point['n']}" if replicated else "")
+    return f"{point[metric]:.3f}" + (f" ± {point[f'{metric}_sd']:.3f}" if replicated else "")
 
 
 def _value(value) -> str:

@@ -164,12 +164,13 @@ class Attention(Mixer):
 
     def decode_token(self, x: torch.Tensor, norm, state, ctx: Context) -> torch.Tensor | None:
         """Attention of norm(x) for one token x (B, 1, d_in): the norm and [q | k | v] as one GEMV in one
-        fused call (ops/decode_cpu.py), then `attend`; None where it does not apply."""
+        fused call (ops/decode_cpu.py), then the cache write, attention and o_proj in another
+        (ops/attention_decode_cpu.py) or, where a mask is needed, `attend`; None where it does not apply."""
         if state is None or self.short_conv is not None or not fused_decode_applies(x, self, norm):
             return None
         if self.rope is not None and self.rope.inv_freq.dtype != torch.float32:
             return None
-        from ..ops import decode_cpu
+        from ..ops import attention_decode_cpu, decode_cpu
 
         projections = (self.q_proj, self.k_proj, self.v_proj)
         weights = decode_cpu.cached_weights(self, lambda _: decode_cpu.projection_weights(norm, projections), norm)
@@ -179,6 +180,10 @@ class Attention(Mixer):
         if self.rope is not None:  # rotated in the same call: queries and keys are the first H + H_kv heads
             rope = (ctx.positions, self.rope.inv_freq, self.head_dim, self.n_heads + self.n_kv_heads)
         qkv = decode_cpu.norm_project(x, weights, rope)
+        if isinstance(state, KVCache) and ctx.valid is None:
+            out = attention_decode_cpu.attend_token(self, qkv, state, ctx.positions)
+            if out is not None:
+                return out
         q, k, v = qkv.split([p.out_features for p in projections], dim=-1)
         return self.attend(q, k, v, state, ctx, rotated=True)
 

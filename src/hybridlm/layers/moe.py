@@ -129,26 +129,18 @@ class MoE(TokenwiseMixer):
         return output.view_as(x)
 
     def decode_token(self, x: torch.Tensor, norm, state=None, ctx=None) -> torch.Tensor | None:
-        """One decoded token x (b, 1, d): the router of norm(x) in one fused call, then each row's top-k
-        experts as fused MLP steps on norm(x) (ops/decode_cpu.py); None where that does not apply."""
+        """One decoded token x (b, 1, d): norm, router, top-k and the chosen experts' MLPs in one fused
+        call (ops/moe_decode_cpu.py); None where that does not apply."""
         if x.shape[0] * self.top_k > self.n_experts or not fused_decode_applies(x, self, norm, *self.experts):
             return None
-        from ..ops import decode_cpu
+        from ..ops.moe_decode_cpu import moe_token
 
-        router = decode_cpu.cached_weights(self.router, lambda r: decode_cpu.projection_weights(norm, (r,)), norm)
-        experts = [decode_cpu.cached_weights(e, lambda m: decode_cpu.mlp_weights(norm, m), norm) for e in self.experts]
-        if router is None or any(weights is None for weights in experts):
+        fused = moe_token(self, x, norm)
+        if fused is None:
             return None
-        probs = torch.softmax(decode_cpu.norm_project(x, router).view(x.shape[0], -1), dim=-1)  # (b, E)
-        top_probs, top_experts = probs.topk(self.top_k, dim=-1)
-        if self.normalize_top_k:
-            top_probs = top_probs / top_probs.sum(-1, keepdim=True)
+        output, probs, top_experts = fused
         self._routing = (probs, top_experts, None)
-        rows = []
-        for row, (chosen, weights) in enumerate(zip(top_experts.tolist(), top_probs.tolist())):
-            one = x[row : row + 1]
-            rows.append(sum(w * decode_cpu.mlp_step(one, experts[e]) for e, w in zip(chosen, weights)))
-        return torch.cat(rows)
+        return output
 
     def _few_tokens(self, tokens: torch.Tensor, top_probs: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor:
         """Decoding: each of the T * K chosen (token, expert) pairs directly, no search over experts."""

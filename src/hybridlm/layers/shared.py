@@ -159,8 +159,9 @@ class SharedAttention(Mixer):
 
     def decode_token(self, x: torch.Tensor, norm, state, ctx: Context) -> torch.Tensor | None:
         """t for one token x (b, 1, d): the norm of [x, e] and q, k, v with their adapters in one fused
-        call, the block attention's `attend`, then its norm, MLP (adapter included) and this call site's
-        linear in a second (ops/shared_step_cpu.py). The block norms its own input: `norm` is None (the
+        call, the block's attention (ops/attention_decode_cpu.py, or `attend` where that does not apply),
+        then its norm, MLP (adapter included) and this call site's linear in a second
+        (ops/shared_step_cpu.py). The block norms its own input: `norm` is None (the
         model calls this through `forward`). None where the fused calls do not apply."""
         block = ctx.shared[self.shared_attribute][self.block_index]
         attention = block.attention
@@ -170,15 +171,20 @@ class SharedAttention(Mixer):
         parts = (block, block.input_norm, attention, block.ff_norm, block.mlp, self.linear, *adapters)
         if not fused_decode_applies(x, *parts) or ctx.embeddings.dtype != torch.float32:
             return None
-        from ..ops import decode_cpu, shared_step_cpu
+        from ..ops import attention_decode_cpu, decode_cpu, shared_step_cpu
 
         weights = decode_cpu.cached_weights(self, lambda site: shared_step_cpu.site_weights(block, site))
         if weights is None:
             return None
         projection, after = weights
         qkv = shared_step_cpu.project(x, ctx.embeddings, projection)
-        q, k, v = qkv.split([p.out_features for p in (attention.q_proj, attention.k_proj, attention.v_proj)], dim=-1)
-        return shared_step_cpu.after_attention(attention.attend(q, k, v, state, ctx), after)
+        attended = None
+        if attention.rope is None and isinstance(state, KVCache):  # the cache write, softmax and o_proj fused
+            attended = attention_decode_cpu.attend_token(attention, qkv, state, ctx.positions)
+        if attended is None:
+            q, k, v = qkv.split([p.out_features for p in (attention.q_proj, attention.k_proj, attention.v_proj)], -1)
+            attended = attention.attend(q, k, v, state, ctx)
+        return shared_step_cpu.after_attention(attended, after)
 
     def _after_attention(self, block: SharedBlock, attended: torch.Tensor) -> torch.Tensor:
         normed = block.ff_norm(attended)

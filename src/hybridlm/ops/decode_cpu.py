@@ -13,7 +13,7 @@ sub-layer's dense work in one numba call:
     mlp_step       W_down act(W_gate x_hat) * (W_up x_hat)    x_hat = RMSNorm(x)  (SwiGLU, or plain;
                    no norm for an MoE expert, whose input the MoE's pre-norm already normed)
 
-`mlp_into`, `lora_add`, `gemv_into` and `rms_norm_into` are inlined into other fused steps
+`mlp_into`, `lora_mlp_into`, `lora_add`, `gemv_into` and `rms_norm_into` are inlined into other fused steps
 (ops/mamba_step_cpu.py, ops/mamba2_step_cpu.py, ops/shared_step_cpu.py).
 
 Merged projections read their input once, as one GEMV over the stacked rows, without a stacked
@@ -175,18 +175,29 @@ def lora_add(down, up, x, out, column):
             out[row, column + o] += acc
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
-def mlp_into(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, lora_down, lora_up,
-             out):  # fmt: skip
-    """out (b, d) = W_down act(W_gate x_hat + g) * (W_up x_hat + u), [g | u] = LoRA(x_hat) when lora_down
-    is not empty (gated MLPs only; Zamba2's shared block), x_hat = RMSNorm(x) (no norm: x)."""
-    batch = x.shape[0]
-    hidden = up.shape[0]
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _mlp_step(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
     normed = np.empty_like(x)
     if norm_weight.size:
         rms_norm_into(x, norm_weight, eps, offset, normed)
     else:  # an MoE expert: its input is already normed
         normed[:] = x
+    mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, out)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
+    """out (b, d) = W_down act(W_gate x) * (W_up x), or W_down act(W_up x) without a gate; x (b, d) normed."""
+    no_adapter = np.zeros((0, 0), np.float32)
+    lora_mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, no_adapter, no_adapter, out)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def lora_mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, lora_down, lora_up, out):
+    """`mlp_into` with a LoRA delta [g | u] = B (A x) added to [W_gate x | W_up x] when lora_down is not
+    empty (gated MLPs; Zamba2's shared block, layers/mlp.py `gate_up_delta`)."""
+    batch = normed.shape[0]
+    hidden = up.shape[0]
     hidden_out = np.empty((batch, hidden), np.float32)
     if gate.size:  # gated: act(W_gate x) * (W_up x), both into one [gate | up] buffer
         gate_up = np.empty((batch, 2 * hidden), np.float32)
@@ -203,15 +214,6 @@ def mlp_into(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bi
             for i in range(hidden):
                 hidden_out[row, i] = _activate(hidden_out[row, i], activation)
     gemv_into(down, down_bias, hidden_out, out, 0)
-
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _mlp_step(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
-    no_adapter = np.zeros((0, 0), np.float32)
-    mlp_into(
-        x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, no_adapter, no_adapter,
-        out,
-    )  # fmt: skip
 
 
 ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # the MLP activations `_mlp_step` computes
@@ -290,7 +292,7 @@ def mlp_weights(norm, mlp) -> tuple | None:
     if mlp.activation_name not in ACTIVATION_CODES or not viewable(*tensors):
         return None
     views = []
-    for linear in (gate, up, down):
-        views += [weight_view(None if linear is None else linear.weight)]
+    for linear in (gate, up, down):  # no gate: an empty (0, 0) matrix, so the kernel types as for a gated one
+        views += [np.zeros((0, 0), np.float32) if linear is None else weight_view(linear.weight)]
         views += [weight_view(None if linear is None else linear.bias)]
     return (DecodeWeights(tensors), *norm_views(norm), np.int64(ACTIVATION_CODES[mlp.activation_name]), *views)

@@ -27,7 +27,7 @@ from .decode_cpu import (
     DecodeWeights,
     gemv_into,
     lora_add,
-    mlp_into,
+    lora_mlp_into,
     norm_views,
     rms_norm_into,
     viewable,
@@ -58,11 +58,10 @@ def _after_attention(
     a, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, lora_down, lora_up,
     linear, linear_bias, out,
 ):  # fmt: skip
+    normed = np.empty_like(a)
+    rms_norm_into(a, norm_weight, eps, offset, normed)
     mlp_out = np.empty((a.shape[0], down.shape[0]), np.float32)
-    mlp_into(
-        a, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, lora_down, lora_up,
-        mlp_out,
-    )  # fmt: skip
+    lora_mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, lora_down, lora_up, mlp_out)
     gemv_into(linear, linear_bias, mlp_out, out, 0)
 
 
@@ -92,7 +91,7 @@ def _adapter_views(adapter) -> tuple:
 def site_weights(block, site) -> tuple | None:
     """DecodeWeights, then the views `project` and `after_attention` take, for one `S` call site (its
     adapters and output linear) on its shared block; None unless every weight is float32, contiguous,
-    on the CPU, the adapters have no bias and the MLP is gated with an activation `mlp_into` computes."""
+    on the CPU, the adapters have no bias and the MLP is gated with an activation `lora_mlp_into` computes."""
     attention, mlp = block.attention, block.mlp
     projections = (attention.q_proj, attention.k_proj, attention.v_proj)
     adapters = list(site.attention_adapters) if site.attention_adapters is not None else [None] * 3
