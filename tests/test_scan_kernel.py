@@ -151,7 +151,8 @@ def test_floor_rows_report_the_ratio():
 
 
 def test_forward_inner_loop_runs_on_full_width_vectors():
-    """The compiled forward's FMAs use zmm registers on AVX-512 (ymm pairs on AVX2): checked in the assembly."""
+    """The forward's per-block loop (`_block_steps`) uses zmm registers on AVX-512 (ymm pairs on AVX2)
+    for its FMAs, and the kernel calls it instead of inlining its own copy: checked in the assembly."""
     from hybridlm.ops import selective_scan_cpu
 
     forward = njit(fastmath=True, error_model="numpy")(selective_scan_cpu._forward)
@@ -159,9 +160,42 @@ def test_forward_inner_loop_runs_on_full_width_vectors():
     tokens, channels, d_state = np.zeros((1, 4, 32), f32), 32, 16
     arrays = [tokens, tokens, np.zeros((d_state, channels), f32), np.zeros((1, 4, 1, d_state), f32)]
     arrays += [np.zeros((1, 4, 1, d_state), f32), np.zeros(channels, f32), tokens, True]
-    arrays += [np.zeros((1, d_state, channels), f32), 64, np.zeros_like(tokens), np.zeros((1, d_state, channels), f32)]
+    arrays += [
+        np.zeros((1, d_state, channels), f32),
+        64,
+        1,
+        np.zeros_like(tokens),
+        np.zeros((1, d_state, channels), f32),
+    ]
     forward(*arrays, np.zeros((1, 1, d_state, channels), f32), True)
-    assembly = next(iter(forward.inspect_asm().values()))
+    steps = njit(fastmath=True, error_model="numpy")(selective_scan_cpu._block_steps.py_func)  # uncached: inspectable
+    rows, rows_bc, states = np.zeros(128, f32), np.zeros(4 * d_state, f32), np.zeros(d_state * 16, f32)
+
+    @njit
+    def four_steps(rows, out, rows_bc, states):  # a vector argument cannot come from Python
+        steps(
+            rows,
+            rows,
+            rows,
+            True,
+            out,
+            0,
+            16,
+            16,
+            4,
+            rows_bc,
+            rows_bc,
+            0,
+            d_state,
+            states,
+            states,
+            0,
+            simd.splat(f32(1)),
+            d_state,
+        )
+
+    four_steps(rows, rows.copy(), rows_bc, states)
+    assembly = next(iter(steps.inspect_asm().values()))
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             register = "zmm" if " avx512f " in cpuinfo.read() else "ymm"
@@ -169,3 +203,38 @@ def test_forward_inner_loop_runs_on_full_width_vectors():
         pytest.skip("no /proc/cpuinfo to read the ISA from")
     fma_lines = [line for line in assembly.splitlines() if line.strip().startswith("vfmadd")]
     assert any(register in line for line in fma_lines)
+    assert "_block_steps" in next(iter(forward.inspect_asm().values()))
+
+
+# time blocks (TIME_BLOCK_CHUNKS * CHUNK = 256 tokens) crossed once and several times, ending mid-block and on
+# a block's edge, with partial blocks of 16 lanes, groups and batch > 1
+@pytest.mark.parametrize(
+    "batch, length, channels, d_state, groups", [(2, 300, 40, 16, 2), (1, 769, 35, 5, 1), (3, 512, 16, 3, 1)]
+)
+def test_scan_across_time_blocks_matches_reference(batch, length, channels, d_state, groups):
+    torch.manual_seed(length)
+    inputs = selective_scan_inputs(batch, length, channels, d_state, groups)
+    inputs[1] = inputs[1] * 0.1  # slow decays: the state carried from one time block into the next matters
+    assert_kernel_matches(_numba_scan, _reference_scan, inputs)
+
+
+def test_forward_gives_the_same_bits_for_any_split_of_the_blocks():
+    """Jobs split a group's blocks of 16 channels between threads (`splits`); each channel's arithmetic is
+    the same whichever job runs it, so out, final state and checkpoints agree exactly."""
+    from hybridlm.ops import selective_scan_cpu as kernel
+
+    torch.manual_seed(6)
+    x, dt, A, B, C, D, z, h0 = selective_scan_inputs(2, 600, 120, 7, 2)
+    results = []
+    for splits in (1, 2, 3, 4, 9):
+        out, final_state = torch.empty(2, 600, 120), torch.empty(2, 7, 120)
+        checkpoints = torch.empty(2, -(-600 // kernel.CHUNK), 7, 120)
+        arrays = [t.numpy() for t in (x, dt)] + [kernel._log2e_channels_last(A)] + [t.numpy() for t in (B, C, D, z)]
+        arrays += [True, kernel._channels_last(h0), kernel.CHUNK, splits, out.numpy(), final_state.numpy()]
+        kernel._forward_kernel.serial(*arrays, checkpoints.numpy(), True)
+        results.append((out, final_state, checkpoints))
+    for result in results[1:]:
+        assert all(torch.equal(got, expected) for got, expected in zip(result, results[0]))
+    expected_out, expected_state = _reference_scan(x, dt, A, B, C, D, z, h0)
+    assert torch.allclose(results[0][0], expected_out, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(results[0][1].transpose(1, 2), expected_state, rtol=1e-5, atol=1e-5)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..cache import KVCache
+from ..ops.dispatch import fused_decode_applies
 from .attention import Attention
 from .base import POSITION_BYTES, CacheBytes, Flops, Mixer, check_positive, linear_flops, require
 from .context import Context
@@ -148,9 +149,42 @@ class SharedAttention(Mixer):
 
     def forward(self, x: torch.Tensor, state, ctx: Context) -> torch.Tensor:
         """x (b, l, d) the residual stream -> t (b, l, d)."""
+        if x.shape[1] == 1 and state is not None:  # decoding one token: fused calls when they apply
+            out = self.decode_token(x, None, state, ctx)
+            if out is not None:
+                return out
         block = ctx.shared[self.shared_attribute][self.block_index]
         s = block.input_norm(torch.cat([x, ctx.embeddings], dim=-1))
         return self._after_attention(block, block.attention(s, state, ctx, adapters=self.attention_adapters))
+
+    def decode_token(self, x: torch.Tensor, norm, state, ctx: Context) -> torch.Tensor | None:
+        """t for one token x (b, 1, d): the norm of [x, e] and q, k, v with their adapters in one fused
+        call, the block's attention (ops/attention_decode_cpu.py, or `attend` where that does not apply),
+        then its norm, MLP (adapter included) and this call site's linear in a second
+        (ops/shared_step_cpu.py). The block norms its own input: `norm` is None (the
+        model calls this through `forward`). None where the fused calls do not apply."""
+        block = ctx.shared[self.shared_attribute][self.block_index]
+        attention = block.attention
+        if norm is not None or state is None or ctx.valid is not None or attention.short_conv is not None:
+            return None
+        adapters = [*(self.attention_adapters or ()), *([self.mlp_adapter] if self.mlp_adapter is not None else [])]
+        parts = (block, block.input_norm, attention, block.ff_norm, block.mlp, self.linear, *adapters)
+        if not fused_decode_applies(x, *parts) or ctx.embeddings.dtype != torch.float32:
+            return None
+        from ..ops import attention_decode_cpu, decode_cpu, shared_step_cpu
+
+        weights = decode_cpu.cached_weights(self, lambda site: shared_step_cpu.site_weights(block, site))
+        if weights is None:
+            return None
+        projection, after = weights
+        qkv = shared_step_cpu.project(x, ctx.embeddings, projection)
+        attended = None
+        if attention.rope is None and isinstance(state, KVCache):  # the cache write, softmax and o_proj fused
+            attended = attention_decode_cpu.attend_token(attention, qkv, state, ctx.positions)
+        if attended is None:
+            q, k, v = qkv.split([p.out_features for p in (attention.q_proj, attention.k_proj, attention.v_proj)], -1)
+            attended = attention.attend(q, k, v, state, ctx)
+        return shared_step_cpu.after_attention(attended, after)
 
     def _after_attention(self, block: SharedBlock, attended: torch.Tensor) -> torch.Tensor:
         normed = block.ff_norm(attended)

@@ -13,6 +13,9 @@ sub-layer's dense work in one numba call:
     mlp_step       W_down act(W_gate x_hat) * (W_up x_hat)    x_hat = RMSNorm(x)  (SwiGLU, or plain;
                    no norm for an MoE expert, whose input the MoE's pre-norm already normed)
 
+`mlp_into`, `lora_mlp_into`, `lora_add`, `gemv_into` and `rms_norm_into` are inlined into other fused steps
+(ops/mamba_step_cpu.py, ops/mamba2_step_cpu.py, ops/shared_step_cpu.py).
+
 Merged projections read their input once, as one GEMV over the stacked rows, without a stacked
 copy: the kernel walks each weight's own memory. `DecodeWeights` holds numpy views of the
 parameters (so in-place updates, optimizer steps and `load_state_dict` copies are seen at once)
@@ -23,6 +26,7 @@ in-place change of a weight it derives a copy from (its `_version`).
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -117,16 +121,42 @@ def rms_norm_into(x, weight, eps, offset, out):
 
 @njit(inline="always", fastmath=True, error_model="numpy")
 def gemv_into(weight, bias, x, out, column):
-    """out[:, column : column + o] = x @ weight.T (+ bias); weight (o, i), x (b, i). Each weight row
-    is read once for all b rows."""
+    """out[:, column : column + o] = x @ weight.T (+ bias); weight (o, i), x (b, i)."""
+    gemv_rows(weight, bias, x, 0, out, column)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def gemv_rows(weight, bias, x, x0, out, column):
+    """out[:, column : column + o] = x[:, x0 : x0 + i] @ weight.T (+ bias); weight (o, i) row-major,
+    an empty bias for none.
+
+    Four weight rows at a time, in their stored order, each read once for all b rows: four dot
+    products per pass over x, so the loop along i vectorises, four accumulators hide the FMA latency
+    and four streams of weights are in flight (with the weights out of cache: 20.7 against 17.8 GB/s
+    for one row at a time, over the small transformer's matrices)."""
     rows, width = weight.shape
-    for o in range(rows):
-        b = bias[o] if bias.size else np.float32(0.0)
+    blocked = rows - rows % 4
+    for o in range(0, blocked, 4):
+        for row in range(x.shape[0]):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(width):
+                v = x[row, x0 + i]
+                a0 += weight[o, i] * v
+                a1 += weight[o + 1, i] * v
+                a2 += weight[o + 2, i] * v
+                a3 += weight[o + 3, i] * v
+            out[row, column + o], out[row, column + o + 1] = a0, a1
+            out[row, column + o + 2], out[row, column + o + 3] = a2, a3
+    for o in range(blocked, rows):
         for row in range(x.shape[0]):
             acc = np.float32(0.0)
             for i in range(width):
-                acc += weight[o, i] * x[row, i]
-            out[row, column + o] = acc + b
+                acc += weight[o, i] * x[row, x0 + i]
+            out[row, column + o] = acc
+    if bias.size:
+        for row in range(x.shape[0]):
+            for o in range(rows):
+                out[row, column + o] += bias[o]
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
@@ -156,6 +186,21 @@ def _rope_in_place(out, positions, inv_freq, head_dim, heads):
                 out[row, first + half] = b * cos + a * sin
 
 
+@njit(inline="always", fastmath=True, error_model="numpy")
+def lora_add(down, up, x, out, column):
+    """out[:, column : column + o] += (x @ down.T) @ up.T: a LoRA delta B (A x) (Hu et al. 2021, eq. 3),
+    down = A (r, i), up = B (o, r), through the rank-r middle (no merged o x i matrix)."""
+    batch, rank = x.shape[0], down.shape[0]
+    low = np.empty((batch, rank), np.float32)
+    gemv_into(down, np.zeros(0, np.float32), x, low, 0)
+    for o in range(up.shape[0]):
+        for row in range(batch):
+            acc = np.float32(0.0)
+            for r in range(rank):
+                acc += up[o, r] * low[row, r]
+            out[row, column + o] += acc
+
+
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _mlp_step(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
     normed = np.empty_like(x)
@@ -169,34 +214,49 @@ def _mlp_step(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_b
 @njit(inline="always", fastmath=True, error_model="numpy")
 def mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, out):
     """out (b, d) = W_down act(W_gate x) * (W_up x), or W_down act(W_up x) without a gate; x (b, d) normed."""
+    no_adapter = np.zeros((0, 0), np.float32)
+    lora_mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, no_adapter, no_adapter, out)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def lora_mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, lora_down, lora_up, out):
+    """`mlp_into` with a LoRA delta [g | u] = B (A x) added to [W_gate x | W_up x] when lora_down is not
+    empty (gated MLPs; Zamba2's shared block, layers/mlp.py `gate_up_delta`)."""
     batch = normed.shape[0]
     hidden = up.shape[0]
-    up_out = np.empty((batch, hidden), np.float32)
-    gemv_into(up, up_bias, normed, up_out, 0)
-    if gate.size:  # gated: act(W_gate x) * (W_up x)
-        gate_out = np.empty((batch, hidden), np.float32)
-        gemv_into(gate, gate_bias, normed, gate_out, 0)
+    hidden_out = np.empty((batch, hidden), np.float32)
+    if gate.size:  # gated: act(W_gate x) * (W_up x), both into one [gate | up] buffer
+        gate_up = np.empty((batch, 2 * hidden), np.float32)
+        gemv_into(gate, gate_bias, normed, gate_up, 0)
+        gemv_into(up, up_bias, normed, gate_up, hidden)
+        if lora_down.size:
+            lora_add(lora_down, lora_up, normed, gate_up, 0)
         for row in range(batch):
             for i in range(hidden):
-                up_out[row, i] = _activate(gate_out[row, i], activation) * up_out[row, i]
+                hidden_out[row, i] = _activate(gate_up[row, i], activation) * gate_up[row, hidden + i]
     else:  # plain: act(W_up x)
+        gemv_into(up, up_bias, normed, hidden_out, 0)
         for row in range(batch):
             for i in range(hidden):
-                up_out[row, i] = _activate(up_out[row, i], activation)
-    gemv_into(down, down_bias, up_out, out, 0)
+                hidden_out[row, i] = _activate(hidden_out[row, i], activation)
+    gemv_into(down, down_bias, hidden_out, out, 0)
 
 
-ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1}  # the MLP activations `_mlp_step` computes
+ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1, "gelu": 2}  # the MLP activations `_mlp_step` computes
 GELU_TANH_SCALE = np.float32(2.0 * np.sqrt(2.0 / np.pi))
+SQRT_HALF = np.float32(np.sqrt(0.5))
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
 def _activate(v, activation):
-    """SiLU v sigmoid(v) (code 0), or tanh-approximated GeLU (code 1) in its sigmoid form:
-    0.5 v (1 + tanh(u)) = v sigmoid(2 u), u = sqrt(2 / pi) (v + 0.044715 v^3)."""
+    """SiLU v sigmoid(v) (code 0); tanh-approximated GeLU (code 1) in its sigmoid form
+    0.5 v (1 + tanh(u)) = v sigmoid(2 u), u = sqrt(2 / pi) (v + 0.044715 v^3); exact GeLU (code 2,
+    torch's default) 0.5 v (1 + erf(v / sqrt 2)) (Hendrycks & Gimpel 2016)."""
     if activation == 0:
         return v * sigmoid(v)
-    return v * sigmoid(GELU_TANH_SCALE * (v + np.float32(0.044715) * v * v * v))
+    if activation == 1:
+        return v * sigmoid(GELU_TANH_SCALE * (v + np.float32(0.044715) * v * v * v))
+    return np.float32(0.5) * v * (np.float32(1.0) + np.float32(math.erf(v * SQRT_HALF)))
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)

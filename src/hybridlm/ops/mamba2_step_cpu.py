@@ -15,6 +15,12 @@ kernel does the same step, in the same order, for one token:
     out          = RMSNorm_g(y * SiLU(z)) * weight   over d_in / g channels per group
 
 so the caller's conv and SSM states are updated in place and only out (b, d_in) is allocated.
+
+`mamba2_sublayer_step` runs the whole pre-normed sub-layer for one token in one call, the norm and
+both projections included (out_proj(step(in_proj(RMSNorm(u))))), its weights viewed in place
+(ops/decode_cpu.py): no torch op per layer, and numba's GEMV streams the in-projection's odd-sized
+(d, d_in + conv_dim + h) matrix faster than torch's `linear` does for one row here (27 vs 15 GB/s
+at d = 384).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from .decode_cpu import DecodeWeights, gemv_into, norm_views, rms_norm_into, viewable, weight_view
 from .numba_support import as_array, exp_nonpositive, sigmoid, step_arrays
 
 
@@ -58,14 +65,16 @@ def _step(
             decay = exp_nonpositive(dt * A[head])
             B0 = d_inner + (head // per_group) * d_state
             C0 = B0 + groups * d_state
+            B, C = xBC[B0 : B0 + d_state], xBC[C0 : C0 + d_state]  # 1-D views: the k loop vectorises (2.4x)
             for i in range(head_dim):
                 c = head * head_dim + i
                 drive = dt * xBC[c]
                 y = D[head] * xBC[c]
+                state = ssm_state[row, head, i]
                 for k in range(d_state):
-                    h = decay * ssm_state[row, head, i, k] + drive * xBC[B0 + k]
-                    ssm_state[row, head, i, k] = h
-                    y += xBC[C0 + k] * h
+                    h = decay * state[k] + drive * B[k]
+                    state[k] = h
+                    y += C[k] * h
                 z = projected[row, c]
                 out[row, c] = y * z * sigmoid(z)
         for g in range(groups):
@@ -123,3 +132,62 @@ def mamba2_decode_step(
         out.numpy(),
     )
     return out.view(batch, 1, heads * head_dim)
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _sublayer_step(
+    u, norm_weight, eps, offset, in_weight, in_bias, conv_state, conv_weight, conv_bias, dt_bias, dt_low, dt_high, A,
+    D, gated_weight, gated_eps, ssm_state, out_weight, out_bias, out,
+):  # fmt: skip
+    batch = u.shape[0]
+    normed = np.empty_like(u)
+    rms_norm_into(u, norm_weight, eps, offset, normed)
+    projected = np.empty((batch, in_weight.shape[0]), np.float32)
+    gemv_into(in_weight, in_bias, normed, projected, 0)
+    y = np.empty((batch, out_weight.shape[1]), np.float32)
+    _step(
+        projected, conv_state, conv_weight, conv_bias, dt_bias, dt_low, dt_high, A, D, gated_weight, gated_eps,
+        ssm_state, y,
+    )  # fmt: skip
+    gemv_into(out_weight, out_bias, y, out, 0)
+
+
+def mamba2_sublayer_step(u: torch.Tensor, conv_state, ssm_state, weights: tuple) -> torch.Tensor:
+    """u (b, 1, d) -> out_proj of the Mamba-2 mixer applied to RMSNorm(u), (b, 1, d); the states
+    (float32, contiguous) are updated in place. `weights`: what `sublayer_weights` built."""
+    batch = u.shape[0]
+    before_conv, before_ssm, projection = weights
+    out = np.empty((batch, projection[0].shape[0]), np.float32)
+    _sublayer_step(
+        u.reshape(batch, -1).numpy(), *before_conv, conv_state.numpy(), *before_ssm, ssm_state.numpy(), *projection, out
+    )
+    return torch.from_numpy(out).view(batch, 1, -1)
+
+
+def sublayer_weights(norm, mixer) -> tuple | None:
+    """DecodeWeights and the views `mamba2_sublayer_step` takes, for a pre-norm and a Mamba-2 mixer
+    whose parameters are float32 and contiguous; None otherwise. A = -exp(A_log) is the one copy (it
+    follows A_log's in-place changes through its version)."""
+    conv_bias = mixer.conv.bias
+    tensors = [
+        norm.weight, mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv.weight, conv_bias, mixer.dt_bias,
+        mixer.A_log, mixer.D, mixer.norm.weight, mixer.out_proj.weight, mixer.out_proj.bias,
+    ]  # fmt: skip
+    if not viewable(*tensors):
+        return None
+    channels = mixer.conv_dim
+    dt_low, dt_high = mixer.options.dt_limit
+    before_conv = (*norm_views(norm), weight_view(mixer.in_proj.weight), weight_view(mixer.in_proj.bias))
+    before_ssm = (
+        weight_view(mixer.conv.weight).reshape(channels, -1),
+        weight_view(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
+        weight_view(mixer.dt_bias),
+        np.float32(dt_low),
+        np.float32(min(dt_high, 3.0e38)),
+        as_array(-torch.exp(mixer.A_log.detach().float())),
+        weight_view(mixer.D),
+        weight_view(mixer.norm.weight),
+        np.float32(mixer.norm.eps),
+    )
+    projection = (weight_view(mixer.out_proj.weight), weight_view(mixer.out_proj.bias))
+    return DecodeWeights(tensors, derived_from=(mixer.A_log,)), before_conv, before_ssm, projection

@@ -19,6 +19,13 @@ so the caller's conv and SSM states are updated in place and only y (b, d_in) is
 `mamba_sublayer_step` runs the whole pre-normed sub-layer for one token in one call, the norm and
 both projections included (out_proj(step(in_proj(RMSNorm(u))))), with its weights viewed in place
 (ops/decode_cpu.py): decoding a tiny Mamba drops from ~8 eager ops and ~60 us a layer to one call.
+
+Every loop is written to vectorise, since past the weight reads the step is arithmetic on d_in n
+elements: softplus and SiLU branch-free on numba_support's exp (libm's are scalar calls); each
+channel's n states 16 at a time on ops/simd.py vectors, exp(dt A) = 2^(dt A log2 e); dt_proj read
+as a transposed copy (g, r, w), so dt accumulates along whole rows; the GEMVs four weight rows per
+pass over the input. numba's cache follows this file only: after editing ops/simd.py, delete
+ops/__pycache__/mamba_step_cpu*.nb* too.
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ import numpy as np
 import torch
 from numba import njit
 
-from .decode_cpu import DecodeWeights, gemv_into, norm_views, rms_norm_into, viewable, weight_view
-from .numba_support import as_array, exp_nonpositive, sigmoid, step_arrays
+from . import simd
+from .decode_cpu import DecodeWeights, gemv_rows, norm_views, rms_norm_into, viewable, weight_view
+from .numba_support import as_array, exp_nonpositive, step_arrays
+from .simd import LANES
+
+_LN2 = np.float32(math.log(2.0))
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
@@ -43,19 +54,49 @@ def _rms_norm(v, weight, eps):
         v[i] = v[i] * scale * weight[i]
 
 
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _softplus(a):
+    """log(1 + e^a) = max(a, 0) + log1p(e^-|a|), with log1p(v) = 2 atanh(s), s = v / (2 + v) <= 1/3, by its
+    odd series to s^13 (truncation 2e-8 relative): branch-free arithmetic, so a loop over it vectorises
+    (libm's log1p and exp are scalar calls). Equals a from ~15 on, where e^-a is below a's half ulp,
+    as torch's softplus (threshold 20) does."""
+    v = exp_nonpositive(-abs(a))
+    s = v / (np.float32(2.0) + v)
+    s2 = s * s
+    p = np.float32(1.0 / 13.0)
+    p = p * s2 + np.float32(1.0 / 11.0)
+    p = p * s2 + np.float32(1.0 / 9.0)
+    p = p * s2 + np.float32(1.0 / 7.0)
+    p = p * s2 + np.float32(1.0 / 5.0)
+    p = p * s2 + np.float32(1.0 / 3.0)
+    p = p * s2 + np.float32(1.0)
+    return max(a, np.float32(0.0)) + np.float32(2.0) * s * p
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _silu(a):
+    """a * sigmoid(a) from e^-|a| only (no overflow), branch-free so that a loop over it vectorises."""
+    e = exp_nonpositive(-abs(a))
+    return a * (np.float32(1.0) if a >= 0 else e) / (np.float32(1.0) + e)
+
+
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _step(
-    x_in, z, conv_state, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, inner_norms, dt_norm, B_norm, C_norm, eps,
-    A, D, ssm_state, out,
+    x_in, z, conv_state, conv_weight, conv_bias, x_proj, dt_proj_t, dt_bias, inner_norms, dt_norm, B_norm, C_norm, eps,
+    A_log2e, D, ssm_state, out,
 ):  # fmt: skip
+    """dt_proj_t: dt_proj transposed, (g, r, w), so dt accumulates over whole contiguous rows of it;
+    A_log2e = A log2(e) (d_in, n): exp(dt A) = 2^(dt A log2 e), simd.exp2 on 16 states at once."""
     batch, channels = x_in.shape
     width = conv_weight.shape[1]
     heads, n_out, head_width = x_proj.shape
-    rank = dt_proj.shape[2]
-    d_state = A.shape[1]
+    rank = dt_proj_t.shape[1]
+    d_state = A_log2e.shape[1]
+    vector_states = d_state - d_state % LANES
     x = np.empty(channels, np.float32)
     projected = np.empty(n_out, np.float32)
     dt = np.empty(head_width, np.float32)
+    no_bias = np.empty(0, np.float32)
     for row in range(batch):
         for c in range(channels):  # depthwise conv over (window, new input), then the window shifts
             acc = conv_bias[c] + conv_weight[c, width - 1] * x_in[row, c]
@@ -65,36 +106,53 @@ def _step(
                 conv_state[row, c, j] = conv_state[row, c, j + 1]
             if width > 1:
                 conv_state[row, c, width - 2] = x_in[row, c]
-            x[c] = acc * sigmoid(acc)
+            x[c] = acc
+        for c in range(channels):
+            x[c] = _silu(x[c])
         for g in range(heads):
             c0 = g * head_width
-            for o in range(n_out):
-                acc = np.float32(0.0)
-                for i in range(head_width):
-                    acc += x_proj[g, o, i] * x[c0 + i]
-                projected[o] = acc
+            gemv_rows(x_proj[g], no_bias, x.reshape((1, channels)), c0, projected.reshape((1, n_out)), 0)
             if inner_norms:
                 _rms_norm(projected[:rank], dt_norm, eps)
                 _rms_norm(projected[rank : rank + d_state], B_norm, eps)
                 _rms_norm(projected[rank + d_state :], C_norm, eps)
             for i in range(head_width):
-                acc = dt_bias[g, i]
-                for q in range(rank):
-                    acc += dt_proj[g, i, q] * projected[q]
-                dt[i] = acc if acc > 20 else math.log1p(math.exp(acc))  # softplus, torch's threshold 20
+                dt[i] = dt_bias[g, i]
+            for q in range(rank):
+                for i in range(head_width):
+                    dt[i] += dt_proj_t[g, q, i] * projected[q]
             for i in range(head_width):
-                c = c0 + i
-                drive = dt[i] * x[c]
-                y = D[c] * x[c]
-                for k in range(d_state):
-                    h = exp_nonpositive(dt[i] * A[c, k]) * ssm_state[row, c, k] + drive * projected[rank + k]
+                dt[i] = _softplus(dt[i])
+            for i in range(head_width):  # the states 16 at a time (simd), the rest one by one
+                c, step = c0 + i, dt[i]
+                drive, base = step * x[c], (row * channels + c) * d_state
+                y_lanes = simd.splat(np.float32(0.0))
+                for k in range(0, vector_states, LANES):
+                    decay = simd.exp2(simd.splat(step) * simd.load(A_log2e, c * d_state + k))
+                    drives = simd.splat(drive) * simd.load(projected, rank + k)
+                    h = simd.fma(decay, simd.load(ssm_state, base + k), drives)
+                    simd.store(ssm_state, base + k, h)
+                    y_lanes = simd.fma(simd.load(projected, rank + d_state + k), h, y_lanes)
+                y = D[c] * x[c] + simd.total(y_lanes)
+                for k in range(vector_states, d_state):
+                    h = (
+                        exp_nonpositive(step * A_log2e[c, k] * _LN2) * ssm_state[row, c, k]
+                        + drive * projected[rank + k]
+                    )
                     ssm_state[row, c, k] = h
                     y += projected[rank + d_state + k] * h
-                out[row, c] = y * z[row, c] * sigmoid(z[row, c])
+                out[row, c] = y
+        for c in range(channels):
+            out[row, c] *= _silu(z[row, c])
+
+
+def _A_log2e(A_log: torch.Tensor) -> np.ndarray:
+    """A log2(e) = -exp(A_log) log2(e) (d_in, n) float32, rounded once from float64."""
+    return as_array(-torch.exp(A_log.detach().double()) * math.log2(math.e))
 
 
 def _weight_arrays(conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, norm_weights, norm_eps) -> tuple:
-    """The step's weights as numpy arrays (views when float32) and A = -exp(A_log), kept between
+    """The step's weights as numpy arrays (views when float32), dt_proj transposed and A log2(e), kept between
     tokens by `numba_support.step_arrays`."""
     norms = tuple(norm_weights or ())
 
@@ -105,12 +163,12 @@ def _weight_arrays(conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, n
             as_array(conv_weight.reshape(channels, -1)),
             as_array(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
             as_array(x_proj),
-            as_array(dt_proj),
+            as_array(dt_proj.detach().transpose(1, 2)),  # (g, r, w): a copy, rebuilt as dt_proj changes
             as_array(dt_bias),
             bool(norms),
             *norm_arrays,
             np.float32(norm_eps if norms else 0.0),
-            as_array(-torch.exp(A_log.detach().float())),
+            _A_log2e(A_log),
             as_array(D),
         )
 
@@ -126,7 +184,7 @@ def mamba_decode_step(
     D (d_in,); `norm_weights` (dt, B, C) RMSNorm weights with `inner_norms`, else None."""
     batch, _, channels = x_in.shape
     arrays = _weight_arrays(conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, norm_weights, norm_eps)
-    conv_w, conv_b, x_proj_a, dt_proj_a, dt_bias_a, *norms_and_eps, A, D_a = arrays
+    conv_w, conv_b, x_proj_a, dt_proj_t, dt_bias_a, *norms_and_eps, A_log2e, D_a = arrays
     out = torch.empty(batch, channels, dtype=torch.float32)
     _step(
         as_array(x_in.reshape(batch, channels)),
@@ -135,10 +193,10 @@ def mamba_decode_step(
         conv_w,
         conv_b,
         x_proj_a,
-        dt_proj_a,
+        dt_proj_t,
         dt_bias_a,
         *norms_and_eps,
-        A,
+        A_log2e,
         D_a,
         ssm_state.numpy(),
         out.numpy(),
@@ -148,21 +206,21 @@ def mamba_decode_step(
 
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _sublayer_step(
-    u, norm_weight, eps, offset, in_weight, in_bias, conv_state, conv_weight, conv_bias, x_proj, dt_proj, dt_bias,
-    inner_norms, dt_norm, B_norm, C_norm, inner_eps, A, D, ssm_state, out_weight, out_bias, out,
+    u, norm_weight, eps, offset, in_weight, in_bias, conv_state, conv_weight, conv_bias, x_proj, dt_proj_t, dt_bias,
+    inner_norms, dt_norm, B_norm, C_norm, inner_eps, A_log2e, D, ssm_state, out_weight, out_bias, out,
 ):  # fmt: skip
     batch = u.shape[0]
-    channels = A.shape[0]
+    channels = A_log2e.shape[0]
     normed = np.empty_like(u)
     rms_norm_into(u, norm_weight, eps, offset, normed)
     xz = np.empty((batch, 2 * channels), np.float32)
-    gemv_into(in_weight, in_bias, normed, xz, 0)
+    gemv_rows(in_weight, in_bias, normed, 0, xz, 0)
     y = np.empty((batch, channels), np.float32)
     _step(
-        xz[:, :channels], xz[:, channels:], conv_state, conv_weight, conv_bias, x_proj, dt_proj, dt_bias,
-        inner_norms, dt_norm, B_norm, C_norm, inner_eps, A, D, ssm_state, y,
+        xz[:, :channels], xz[:, channels:], conv_state, conv_weight, conv_bias, x_proj, dt_proj_t, dt_bias,
+        inner_norms, dt_norm, B_norm, C_norm, inner_eps, A_log2e, D, ssm_state, y,
     )  # fmt: skip
-    gemv_into(out_weight, out_bias, y, out, 0)
+    gemv_rows(out_weight, out_bias, y, 0, out, 0)
 
 
 def mamba_sublayer_step(u: torch.Tensor, conv_state, ssm_state, weights: tuple) -> torch.Tensor:
@@ -179,8 +237,8 @@ def mamba_sublayer_step(u: torch.Tensor, conv_state, ssm_state, weights: tuple) 
 
 def sublayer_weights(norm, mixer) -> tuple | None:
     """DecodeWeights and the views `mamba_sublayer_step` takes, for a pre-norm and a Mamba mixer whose
-    parameters are float32 and contiguous; None otherwise. A = -exp(A_log) is the one copy (it
-    follows A_log's in-place changes through its version)."""
+    parameters are float32 and contiguous; None otherwise. A log2(e) and dt_proj transposed are the
+    copies (they follow A_log's and dt_proj's in-place changes through their versions)."""
     inner = (mixer.dt_norm, mixer.B_norm, mixer.C_norm) if mixer.options.inner_norms else ()
     tensors = [
         norm.weight, mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv.weight, mixer.conv.bias,
@@ -197,13 +255,13 @@ def sublayer_weights(norm, mixer) -> tuple | None:
         weight_view(mixer.conv.weight).reshape(channels, -1),
         weight_view(conv_bias) if conv_bias is not None else np.zeros(channels, np.float32),
         weight_view(mixer.x_proj_weight),
-        weight_view(mixer.dt_proj_weight),
+        as_array(mixer.dt_proj_weight.detach().transpose(1, 2)),  # (g, r, w): a copy, derived
         weight_view(mixer.dt_proj_bias),
         bool(inner),
         *inner_views,
         np.float32(inner[0].eps if inner else 0.0),
-        as_array(-torch.exp(mixer.A_log.detach().float())),
+        _A_log2e(mixer.A_log),
         weight_view(mixer.D),
     )
     projection = (weight_view(mixer.out_proj.weight), weight_view(mixer.out_proj.bias))
-    return DecodeWeights(tensors, derived_from=(mixer.A_log,)), before_conv, before_ssm, projection
+    return DecodeWeights(tensors, derived_from=(mixer.A_log, mixer.dt_proj_weight)), before_conv, before_ssm, projection

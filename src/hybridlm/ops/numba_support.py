@@ -126,9 +126,14 @@ class Kernel:
         serial.__qualname__ = fn.__qualname__ + "_serial"
         self.serial = njit(fastmath=True, error_model="numpy", cache=True)(serial)
 
+    @staticmethod
+    def threads(work: int) -> int:
+        """The threads a call touching `work` elements runs on: torch's count, or 1 for small work."""
+        return min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS) if work >= PARALLEL_MIN_WORK else 1
+
     def __call__(self, work: int, *args):
-        threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        if threads > 1 and work >= PARALLEL_MIN_WORK:
+        threads = self.threads(work)
+        if threads > 1:
             numba.set_num_threads(threads)
             return self.parallel(*args)
         return self.serial(*args)

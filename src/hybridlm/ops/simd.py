@@ -101,6 +101,20 @@ def splat(typingctx, scalar):
     return vec_type(types.float32), codegen
 
 
+@intrinsic
+def broadcast(typingctx, array, offset):
+    """array.flat[offset] in every lane: one broadcast load, without the negative-index wrap that
+    numba adds to `array[i]` for an i it cannot prove non-negative (four scalar instructions)."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        scalar = builder.load(builder.gep(data, [args[1]]), align=4)
+        one = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, one, ir.Constant(_INTS, [0] * LANES))
+
+    return vec_type(array, offset), codegen
+
+
 def _binary(name):
     @intrinsic
     def op(typingctx, a, b):
