@@ -54,6 +54,8 @@ def _forward(x, dt, A, B, C, D, h0, chunk, y, final_state, checkpoints, keep_che
     per_group = heads // groups
     flat_y = y.reshape(-1)
     x_b, x_t, x_h = x.strides[0] // 4, x.strides[1] // 4, x.strides[2] // 4
+    B_b, B_t, B_g = B.strides[0] // 4, B.strides[1] // 4, B.strides[2] // 4  # broadcast loads by flat offset
+    C_b, C_t, C_g = C.strides[0] // 4, C.strides[1] // 4, C.strides[2] // 4
     for job in prange(batch * heads):
         b, head = job // heads, job % heads
         g = head // per_group
@@ -85,21 +87,22 @@ def _forward(x, dt, A, B, C, D, h0, chunk, y, final_state, checkpoints, keep_che
                     for i in range(steps):
                         t = t0 + i
                         decay, drive = simd.splat(decays[i]), simd.load(drives, i * head_dim + c0)
-                        h_0 = simd.fma(drive, simd.splat(B[b, t, g, k0]), h_0 * decay)
-                        h_1 = simd.fma(drive, simd.splat(B[b, t, g, k0 + 1]), h_1 * decay)
-                        h_2 = simd.fma(drive, simd.splat(B[b, t, g, k0 + 2]), h_2 * decay)
-                        h_3 = simd.fma(drive, simd.splat(B[b, t, g, k0 + 3]), h_3 * decay)
-                        h_4 = simd.fma(drive, simd.splat(B[b, t, g, k0 + 4]), h_4 * decay)
-                        h_5 = simd.fma(drive, simd.splat(B[b, t, g, k0 + 5]), h_5 * decay)
-                        h_6 = simd.fma(drive, simd.splat(B[b, t, g, k0 + 6]), h_6 * decay)
-                        h_7 = simd.fma(drive, simd.splat(B[b, t, g, k0 + 7]), h_7 * decay)
-                        even = simd.fma(simd.splat(C[b, t, g, k0 + 2]), h_2, simd.splat(C[b, t, g, k0]) * h_0)
-                        odd = simd.fma(simd.splat(C[b, t, g, k0 + 3]), h_3, simd.splat(C[b, t, g, k0 + 1]) * h_1)
+                        at_B, at_C = b * B_b + t * B_t + g * B_g + k0, b * C_b + t * C_t + g * C_g + k0
+                        h_0 = simd.fma(drive, simd.broadcast(B, at_B), h_0 * decay)
+                        h_1 = simd.fma(drive, simd.broadcast(B, at_B + 1), h_1 * decay)
+                        h_2 = simd.fma(drive, simd.broadcast(B, at_B + 2), h_2 * decay)
+                        h_3 = simd.fma(drive, simd.broadcast(B, at_B + 3), h_3 * decay)
+                        h_4 = simd.fma(drive, simd.broadcast(B, at_B + 4), h_4 * decay)
+                        h_5 = simd.fma(drive, simd.broadcast(B, at_B + 5), h_5 * decay)
+                        h_6 = simd.fma(drive, simd.broadcast(B, at_B + 6), h_6 * decay)
+                        h_7 = simd.fma(drive, simd.broadcast(B, at_B + 7), h_7 * decay)
+                        even = simd.fma(simd.broadcast(C, at_C + 2), h_2, simd.broadcast(C, at_C) * h_0)
+                        odd = simd.fma(simd.broadcast(C, at_C + 3), h_3, simd.broadcast(C, at_C + 1) * h_1)
                         even = simd.fma(
-                            simd.splat(C[b, t, g, k0 + 6]), h_6, simd.fma(simd.splat(C[b, t, g, k0 + 4]), h_4, even)
+                            simd.broadcast(C, at_C + 6), h_6, simd.fma(simd.broadcast(C, at_C + 4), h_4, even)
                         )
                         odd = simd.fma(
-                            simd.splat(C[b, t, g, k0 + 7]), h_7, simd.fma(simd.splat(C[b, t, g, k0 + 5]), h_5, odd)
+                            simd.broadcast(C, at_C + 7), h_7, simd.fma(simd.broadcast(C, at_C + 5), h_5, odd)
                         )
                         row = ((b * length + t) * heads + head) * head_dim + c0
                         simd.store(flat_y, row, simd.load(flat_y, row) + even + odd)
@@ -237,8 +240,9 @@ def _chunk_grad_C(
         d_0, d_1 = simd.load(drives, i * head_dim + c0), simd.load(drives, i * head_dim + c0 + LANES)
         row = row0 + i * row_stride + c0
         g_0, g_1 = simd.load(flat_gy, row), simd.load(flat_gy, row + LANES)
-        b_0, b_1 = simd.splat(B[b, t, g, k0]), simd.splat(B[b, t, g, k0 + 1])
-        b_2, b_3 = simd.splat(B[b, t, g, k0 + 2]), simd.splat(B[b, t, g, k0 + 3])
+        at_B = b * (B.strides[0] // 4) + t * (B.strides[1] // 4) + g * (B.strides[2] // 4) + k0
+        b_0, b_1 = simd.broadcast(B, at_B), simd.broadcast(B, at_B + 1)
+        b_2, b_3 = simd.broadcast(B, at_B + 2), simd.broadcast(B, at_B + 3)
         h_00, h_01 = simd.fma(d_0, b_0, h_00 * decay), simd.fma(d_1, b_0, h_01 * decay)
         h_10, h_11 = simd.fma(d_0, b_1, h_10 * decay), simd.fma(d_1, b_1, h_11 * decay)
         h_20, h_21 = simd.fma(d_0, b_2, h_20 * decay), simd.fma(d_1, b_2, h_21 * decay)
@@ -271,14 +275,16 @@ def _chunk_grad_h(
         d_0, d_1 = simd.load(drives, here), simd.load(drives, here + LANES)
         row = row0 + i * row_stride + c0
         g_0, g_1 = simd.load(flat_gy, row), simd.load(flat_gy, row + LANES)
-        c_0, c_1 = simd.splat(C[b, t, g, k0]), simd.splat(C[b, t, g, k0 + 1])
-        c_2, c_3 = simd.splat(C[b, t, g, k0 + 2]), simd.splat(C[b, t, g, k0 + 3])
+        at_B = b * (B.strides[0] // 4) + t * (B.strides[1] // 4) + g * (B.strides[2] // 4) + k0
+        at_C = b * (C.strides[0] // 4) + t * (C.strides[1] // 4) + g * (C.strides[2] // 4) + k0
+        c_0, c_1 = simd.broadcast(C, at_C), simd.broadcast(C, at_C + 1)
+        c_2, c_3 = simd.broadcast(C, at_C + 2), simd.broadcast(C, at_C + 3)
         l_00, l_01 = simd.fma(g_0, c_0, l_00 * scale), simd.fma(g_1, c_0, l_01 * scale)
         l_10, l_11 = simd.fma(g_0, c_1, l_10 * scale), simd.fma(g_1, c_1, l_11 * scale)
         l_20, l_21 = simd.fma(g_0, c_2, l_20 * scale), simd.fma(g_1, c_2, l_21 * scale)
         l_30, l_31 = simd.fma(g_0, c_3, l_30 * scale), simd.fma(g_1, c_3, l_31 * scale)
-        b_0, b_1 = simd.splat(B[b, t, g, k0]), simd.splat(B[b, t, g, k0 + 1])
-        b_2, b_3 = simd.splat(B[b, t, g, k0 + 2]), simd.splat(B[b, t, g, k0 + 3])
+        b_0, b_1 = simd.broadcast(B, at_B), simd.broadcast(B, at_B + 1)
+        b_2, b_3 = simd.broadcast(B, at_B + 2), simd.broadcast(B, at_B + 3)
         sum_0 = simd.fma(b_3, l_30, simd.fma(b_2, l_20, simd.fma(b_1, l_10, b_0 * l_00)))
         sum_1 = simd.fma(b_3, l_31, simd.fma(b_2, l_21, simd.fma(b_1, l_11, b_0 * l_01)))
         simd.store(grad_drives, here, simd.load(grad_drives, here) + sum_0)
