@@ -21,4 +21,3 @@ def test_the_plain_reader_reads_every_element():
     pytest.importorskip("numba")
     values = np.arange(1 << 16, dtype=np.float32) % 7
     assert decode_profile._plain_sum()(values) == pytest.approx(float(values.sum()), rel=1e-6)
-    assert decode_profile.read_bandwidth(1 << 20, repeats=1) > 0

@@ -70,7 +70,7 @@ def test_fused_decode_equals_reference_and_full_forward(name, batch, calls):
     chars = model.config.chars
     steps = tokens.shape[1] - 3
     assert calls["mamba"] == steps * chars.count("M")
-    if model.config.mlp.activation in ("silu", "gelu_tanh"):  # the activations the fused MLP computes
+    if model.config.mlp.activation in decode_cpu.ACTIVATION_CODES:  # the activations the fused MLP computes
         assert calls["mlp"] >= steps * chars.count("F")  # the prompt may run one-token experts too
     attention = chars.count("A") + chars.count("L")
     moe = model.config.moe  # an MoE's router and experts run in one fused call too, for few rows
@@ -171,6 +171,25 @@ def test_fused_step_stands_aside_for_hooks_and_autograd(calls):
     logits.sum().backward()
     assert calls == before
     assert model.layers[0].mixer.in_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["jamba", "zamba2", "mamba2"])
+def test_a_hook_on_a_linear_inside_a_fused_mixer_still_runs(name):
+    """The fused steps replace the mixers' linears too: a hook on one of them sends its sub-layer
+    down the eager path, which calls it, with the same logits."""
+    torch.manual_seed(3)
+    model = HybridLM(ModelConfig.from_preset(name, "tiny")).eval()
+    tokens = torch.randint(0, 258, (1, 7))
+    expected = _decode(model, tokens)
+    hooked = [layer.mixer for layer in model.layers if layer.char in "AMDES"]
+    linears = [next(m for m in mixer.modules() if isinstance(m, nn.Linear)) for mixer in hooked]
+    seen = []
+    handles = [linear.register_forward_hook(lambda *_: seen.append(1)) for linear in linears]
+    logits = _decode(model, tokens)
+    for handle in handles:
+        handle.remove()
+    assert len(seen) >= 4 * len(linears)  # prompt + 3 decoded tokens through every hooked linear
+    assert (logits - expected).abs().max() <= TOLERANCE
 
 
 def test_rms_norm_of_one_token_is_fused_only_for_an_fp32_weight(calls):

@@ -28,6 +28,20 @@ def _decode(model, tokens):
     return logits, probs, chosen
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+    from hybridlm.ops import moe_decode_cpu
+
+    calls, kernel = [0], moe_decode_cpu._moe_token
+
+    def counting(*args):
+        calls[0] += 1
+        return kernel(*args)
+
+    monkeypatch.setattr(moe_decode_cpu, "_moe_token", counting)
+    return calls
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -37,10 +51,11 @@ def _decode(model, tokens):
     ],
 )
 @pytest.mark.parametrize("batch", [1, 2])
-def test_fused_moe_decode_equals_the_eager_moe(overrides, batch):
+def test_fused_moe_decode_equals_the_eager_moe(overrides, batch, fused_calls):
     model = _model(**overrides)
     tokens = torch.randint(0, 258, (batch, 12))
     fused, fused_probs, fused_chosen = _decode(model, tokens)
+    assert fused_calls[0] == 8 * 2  # every decoded token, both MoE layers
     with kernels("reference"):
         reference, probs, chosen = _decode(model, tokens)
     assert (fused - reference).abs().max() <= 2e-5

@@ -135,3 +135,31 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
     trained = []
     assert run_sweep(spec, tmp_path / "out", progress=trained.append) == [good, diverged] and trained == []
+
+
+def test_a_sweep_whose_every_run_diverged_reports_and_resumes(tmp_path, capsys):
+    train = {**SPEC["train"], "warmup_steps": 0, "lr": 1e6}
+    spec_path = tmp_path / "sweep.json"
+    spec_path.write_text(json.dumps({**SPEC, "train": train, "grid": {"pattern": ["M A"]}}))
+    command = ["sweep", str(spec_path), "--out", str(tmp_path / "out")]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert "every run diverged: no plot" in out and not (tmp_path / "out" / "pareto.png").exists()
+    assert main(command) == 0  # the folder is the sweep's own: run again, nothing to train
+    assert "every run diverged" in capsys.readouterr().out
+
+
+def test_results_csv_takes_every_rows_fields(tmp_path, capsys):
+    """Rows saved before a field existed (no `diverged`) resume beside new ones: the CSV has the
+    union of the fields, an empty cell where a row lacks one."""
+    out = tmp_path / "out"
+    spec_path = tmp_path / "sweep.json"
+    spec_path.write_text(json.dumps(SPEC))
+    assert main(["sweep", str(spec_path), "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    del rows[1]["diverged"]  # as an older hybridlm wrote it
+    (out / "results.json").write_text(json.dumps(rows))
+    assert main(["sweep", str(spec_path), "--out", str(out)]) == 0
+    header, first, second = (out / "results.csv").read_text().splitlines()[:3]
+    column = header.split(",").index("diverged")
+    assert first.split(",")[column] == second.split(",")[column] == ""

@@ -214,6 +214,8 @@ def pareto_figure(points: list[dict], costs=("train_flops_per_token", "cache_byt
     labels = labels or [point["pattern"] for point in points]
     kept = [(point, label) for point, label in zip(points, labels) if point[quality] is not None]
     points, labels = [point for point, _ in kept], [label for _, label in kept]
+    if not points:
+        raise ValueError(f"no point has a {quality} to plot (every run diverged)")
     plt = _pyplot()
     fig, panels = plt.subplots(1, len(costs), figsize=(6 * len(costs), 4.6), squeeze=False)
     for axis, cost in zip(panels[0], costs):

@@ -77,13 +77,17 @@ def run(args) -> None:
     if args.out:
         from ..analysis.plots import plot_pareto
         from ..ownership import own
-        from ..sweep_report import axis_label, summarize, varied_axes
+        from ..sweep_report import axis_label, finished, summarize, varied_axes
 
         _write_csv(rows, Path(args.out) / "results.csv")
+        own(args.out, "results.csv", kind="sweep")  # before the plot: a failed plot leaves no foreign file
         points, axes = summarize(rows), varied_axes(rows)
+        if not finished(points):
+            print(f"\nwrote {Path(args.out) / 'results.json'} and results.csv (every run diverged: no plot)")
+            return
         labels = [axis_label(point, axes) for point in points]
         plot = plot_pareto(points, Path(args.out) / "pareto.png", labels=labels)
-        own(args.out, "results.csv", "pareto.png", kind="sweep")
+        own(args.out, "pareto.png", kind="sweep")
         print(f"\nwrote {Path(args.out) / 'results.json'}, results.csv and {plot}")
 
 
@@ -159,7 +163,7 @@ def _write_csv(rows: list[dict], path: Path) -> None:
     """One line per run: a column per varied axis, the seed, then every measured field."""
     from ..sweep_report import varied_axes
 
-    fields = [key for key in rows[0] if key not in ("overrides", "pruned")]
+    fields = [key for key in dict.fromkeys(key for row in rows for key in row) if key not in ("overrides", "pruned")]
     axes = [axis for axis in varied_axes(rows) if axis not in fields]  # `pattern` is a field already
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[*axes, *fields, "pruned", "overrides"])
@@ -167,4 +171,4 @@ def _write_csv(rows: list[dict], path: Path) -> None:
         for row in rows:
             values = {axis: "" if axis in row["pruned"] else row["overrides"].get(axis, "") for axis in axes}
             extra = {"pruned": " ".join(row["pruned"]), "overrides": json.dumps(row["overrides"])}
-            writer.writerow({**values, **{key: row[key] for key in fields}, **extra})
+            writer.writerow({**values, **{key: row.get(key, "") for key in fields}, **extra})

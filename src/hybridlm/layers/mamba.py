@@ -45,6 +45,21 @@ from .mixing import MixingOperator, chunk_groups, lower_triangle, segment_sums
 from .norm import RMSNorm
 
 
+def fused_sublayer_decode(mixer, u: torch.Tensor, norm, state, step_module) -> torch.Tensor | None:
+    """A conv + SSM mixer's (Mamba, Mamba-2) `decode_token`: its pre-normed sub-layer for one token
+    by `step_module` (its `sublayer_weights` and `_sublayer_step` kernel), states updated in place."""
+    if state is None or not fused_decode_applies(u, mixer, norm):
+        return None
+    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
+        return None
+    from ..ops import decode_cpu
+
+    weights = decode_cpu.cached_weights(mixer, lambda m: step_module.sublayer_weights(norm, m), norm)
+    if weights is None:
+        return None
+    return decode_cpu.conv_ssm_sublayer(step_module._sublayer_step, u, state.conv, state.ssm, weights)
+
+
 @dataclass
 class MambaConfig:
     """Mamba-1 selective SSM (`M`), Gu & Dao 2023."""
@@ -166,16 +181,9 @@ class Mamba(Mixer):
     def decode_token(self, u: torch.Tensor, norm, state: ConvSSMState | None, ctx: Context) -> torch.Tensor | None:
         """out_proj(mixer(norm(u))) for one token u (b, 1, d) in one fused call (ops/mamba_step_cpu.py),
         updating `state` in place; None where that kernel does not apply (the caller runs forward)."""
-        if state is None or not fused_decode_applies(u, self, norm):
-            return None
-        if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
-            return None
-        from ..ops import decode_cpu, mamba_step_cpu
+        from ..ops import mamba_step_cpu
 
-        weights = decode_cpu.cached_weights(self, lambda mixer: mamba_step_cpu.sublayer_weights(norm, mixer), norm)
-        if weights is None:
-            return None
-        return mamba_step_cpu.mamba_sublayer_step(u, state.conv, state.ssm, weights)
+        return fused_sublayer_decode(self, u, norm, state, mamba_step_cpu)
 
     def scan_inputs(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
         """Everything up to the scan: x (b, l, d_in) after conv and SiLU, gate z, dt (b, l, d_in), B and C

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops.dispatch import fused_decode_applies, gated_rms_norm, mamba2_decode_step, ssd
+from ..ops.dispatch import gated_rms_norm, mamba2_decode_step, ssd
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -39,7 +39,7 @@ from .base import (
 )
 from .context import Context
 from .conv import CausalConv1d
-from .mamba import ConvSSMState
+from .mamba import ConvSSMState, fused_sublayer_decode
 from .mixing import MixingOperator, chunk_groups, lower_triangle, segment_sums
 
 
@@ -185,16 +185,9 @@ class Mamba2(Mixer):
     def decode_token(self, u: torch.Tensor, norm, state: ConvSSMState | None, ctx: Context) -> torch.Tensor | None:
         """out_proj(mixer(norm(u))) for one token u (b, 1, d) in one fused call (ops/mamba2_step_cpu.py),
         updating `state` in place; None where that kernel does not apply (the caller runs forward)."""
-        if state is None or not fused_decode_applies(u, self, norm):
-            return None
-        if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
-            return None
-        from ..ops import decode_cpu, mamba2_step_cpu
+        from ..ops import mamba2_step_cpu
 
-        weights = decode_cpu.cached_weights(self, lambda mixer: mamba2_step_cpu.sublayer_weights(norm, mixer), norm)
-        if weights is None:
-            return None
-        return mamba2_step_cpu.mamba2_sublayer_step(u, state.conv, state.ssm, weights)
+        return fused_sublayer_decode(self, u, norm, state, mamba2_step_cpu)
 
     def _step_weights(self) -> dict:
         return {

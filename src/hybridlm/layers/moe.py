@@ -131,7 +131,9 @@ class MoE(TokenwiseMixer):
     def decode_token(self, x: torch.Tensor, norm, state=None, ctx=None) -> torch.Tensor | None:
         """One decoded token x (b, 1, d): norm, router, top-k and the chosen experts' MLPs in one fused
         call (ops/moe_decode_cpu.py); None where that does not apply."""
-        if x.shape[0] * self.top_k > self.n_experts or not fused_decode_applies(x, self, norm, *self.experts):
+        # rows x top-k above the expert count: the eager path reads each expert once for all rows,
+        # where the fused call reads each row's experts again
+        if x.shape[0] * self.top_k > self.n_experts or not fused_decode_applies(x, self, norm):
             return None
         from ..ops.moe_decode_cpu import moe_token
 

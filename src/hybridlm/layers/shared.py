@@ -173,7 +173,7 @@ class SharedAttention(Mixer):
             return None
         from ..ops import attention_decode_cpu, decode_cpu, shared_step_cpu
 
-        weights = decode_cpu.cached_weights(self, lambda site: shared_step_cpu.site_weights(block, site))
+        weights = decode_cpu.cached_weights(self, lambda site: shared_step_cpu.site_weights(block, site), block)
         if weights is None:
             return None
         projection, after = weights

@@ -21,7 +21,10 @@ copy: the kernel walks each weight's own memory. `DecodeWeights` holds numpy vie
 parameters (so in-place updates, optimizer steps and `load_state_dict` copies are seen at once)
 and is rebuilt when a parameter is replaced: a new storage (`p.data = ...`, `.to()`), a module or
 parameter registered anywhere (`module.weight = ...`, `load_state_dict(assign=True)`), or an
-in-place change of a weight it derives a copy from (its `_version`).
+in-place change of a weight it derives a copy from (its `_version`). Not seen: an in-place write
+through `p.data` (`p.data.mul_(2)`), which leaves `p._version` alone; the derived copies (Mamba's
+A and transposed dt_proj) then go stale. Write under `torch.no_grad()` instead (`p.mul_(2)`,
+`p.copy_(...)`), as optimizers and `load_state_dict` do.
 """
 
 from __future__ import annotations
@@ -45,6 +48,19 @@ def _bump_generation(*_args) -> None:
 
 torch_module.register_module_parameter_registration_hook(_bump_generation)
 torch_module.register_module_module_registration_hook(_bump_generation)
+
+
+_TREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (generation, its modules)
+
+
+def module_tree(module) -> tuple:
+    """`module` and every module under it (`module.modules()`), kept until a module is registered
+    anywhere: a fused step that replaces a mixer's linears must see the hooks on those too."""
+    entry = _TREES.get(module)
+    if entry is None or entry[0] != _GENERATION[0]:
+        entry = (_GENERATION[0], tuple(module.modules()))
+        _TREES[module] = entry
+    return entry[1]
 
 
 class DecodeWeights:
@@ -286,6 +302,19 @@ def norm_project(x: torch.Tensor, weights: tuple, rope=None) -> torch.Tensor:
         positions, inv_freq, head_dim, heads = rope
         _rope_in_place(rows, positions.reshape(batch).numpy(), inv_freq.numpy(), head_dim, heads)
     return torch.from_numpy(rows).view(batch, 1, width)
+
+
+def conv_ssm_sublayer(kernel, u: torch.Tensor, conv_state, ssm_state, weights: tuple) -> torch.Tensor:
+    """u (b, 1, d) -> out_proj of a conv + SSM mixer (Mamba, Mamba-2) applied to RMSNorm(u), (b, 1, d), by
+    its fused `kernel`; the states (float32, contiguous) are updated in place. `weights`: the views
+    before the conv state, before the SSM state, and of out_proj (ops/mamba*_step_cpu.py `sublayer_weights`)."""
+    batch = u.shape[0]
+    before_conv, before_ssm, projection = weights
+    out = np.empty((batch, projection[0].shape[0]), np.float32)
+    kernel(
+        u.reshape(batch, -1).numpy(), *before_conv, conv_state.numpy(), *before_ssm, ssm_state.numpy(), *projection, out
+    )
+    return torch.from_numpy(out).view(batch, 1, -1)
 
 
 def projection_weights(norm, linears) -> tuple | None:

@@ -272,13 +272,16 @@ def rglru_decode_step(u, positions, conv_state, rnn_state, weights: dict, c: flo
 def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
     """Whether a fused CPU decoding step (ops/decode_cpu.py, ops/mamba_step_cpu.py) may replace a
     pre-normed sub-layer's eager ops for x (b, 1, d): numba chosen for x, one float32 token, no
-    autograd and no tracing, and no forward hooks on `modules` (probes and profilers see them run)."""
+    autograd and no tracing, and no forward hooks on `modules` or any module inside them (probes,
+    profilers and hook-based adapters on a mixer's linears see them run)."""
     if x.shape[1] != 1 or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     hooks = torch.nn.modules.module  # checks ordered cheapest first: this runs for every sub-layer of a step
     if not x.is_cpu or kernel_choice().cpu != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return False
-    return not any(module._forward_hooks or module._forward_pre_hooks for module in modules)
+    from .decode_cpu import module_tree
+
+    return not any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module_tree(module))
 
 
 def mamba2_decode_step(projected, conv_state, ssm_state, weights: dict):

@@ -16,7 +16,7 @@ kernel does the same step, in the same order, for one token:
 
 so the caller's conv and SSM states are updated in place and only out (b, d_in) is allocated.
 
-`mamba2_sublayer_step` runs the whole pre-normed sub-layer for one token in one call, the norm and
+`_sublayer_step` runs the whole pre-normed sub-layer for one token in one call, the norm and
 both projections included (out_proj(step(in_proj(RMSNorm(u))))), its weights viewed in place
 (ops/decode_cpu.py): no torch op per layer, and numba's GEMV streams the in-projection's odd-sized
 (d, d_in + conv_dim + h) matrix faster than torch's `linear` does for one row here (27 vs 15 GB/s
@@ -152,22 +152,10 @@ def _sublayer_step(
     gemv_into(out_weight, out_bias, y, out, 0)
 
 
-def mamba2_sublayer_step(u: torch.Tensor, conv_state, ssm_state, weights: tuple) -> torch.Tensor:
-    """u (b, 1, d) -> out_proj of the Mamba-2 mixer applied to RMSNorm(u), (b, 1, d); the states
-    (float32, contiguous) are updated in place. `weights`: what `sublayer_weights` built."""
-    batch = u.shape[0]
-    before_conv, before_ssm, projection = weights
-    out = np.empty((batch, projection[0].shape[0]), np.float32)
-    _sublayer_step(
-        u.reshape(batch, -1).numpy(), *before_conv, conv_state.numpy(), *before_ssm, ssm_state.numpy(), *projection, out
-    )
-    return torch.from_numpy(out).view(batch, 1, -1)
-
-
 def sublayer_weights(norm, mixer) -> tuple | None:
-    """DecodeWeights and the views `mamba2_sublayer_step` takes, for a pre-norm and a Mamba-2 mixer
-    whose parameters are float32 and contiguous; None otherwise. A = -exp(A_log) is the one copy (it
-    follows A_log's in-place changes through its version)."""
+    """DecodeWeights and the views `_sublayer_step` takes (decode_cpu.conv_ssm_sublayer), for a pre-norm
+    and a Mamba-2 mixer whose parameters are float32 and contiguous; None otherwise. A = -exp(A_log)
+    is the one copy (it follows A_log's in-place changes through its version)."""
     conv_bias = mixer.conv.bias
     tensors = [
         norm.weight, mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv.weight, conv_bias, mixer.dt_bias,

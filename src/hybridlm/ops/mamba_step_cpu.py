@@ -16,7 +16,7 @@ same step, in the same order as the layer, for one token:
 
 so the caller's conv and SSM states are updated in place and only y (b, d_in) is allocated.
 
-`mamba_sublayer_step` runs the whole pre-normed sub-layer for one token in one call, the norm and
+`_sublayer_step` runs the whole pre-normed sub-layer for one token in one call, the norm and
 both projections included (out_proj(step(in_proj(RMSNorm(u))))), with its weights viewed in place
 (ops/decode_cpu.py): decoding a tiny Mamba drops from ~8 eager ops and ~60 us a layer to one call.
 
@@ -223,22 +223,10 @@ def _sublayer_step(
     gemv_rows(out_weight, out_bias, y, 0, out, 0)
 
 
-def mamba_sublayer_step(u: torch.Tensor, conv_state, ssm_state, weights: tuple) -> torch.Tensor:
-    """u (b, 1, d) -> out_proj of the mixer applied to RMSNorm(u), (b, 1, d); the states (float32,
-    contiguous) are updated in place. `weights`: what `sublayer_weights` built."""
-    batch = u.shape[0]
-    before_conv, before_ssm, projection = weights
-    out = np.empty((batch, projection[0].shape[0]), np.float32)
-    _sublayer_step(
-        u.reshape(batch, -1).numpy(), *before_conv, conv_state.numpy(), *before_ssm, ssm_state.numpy(), *projection, out
-    )
-    return torch.from_numpy(out).view(batch, 1, -1)
-
-
 def sublayer_weights(norm, mixer) -> tuple | None:
-    """DecodeWeights and the views `mamba_sublayer_step` takes, for a pre-norm and a Mamba mixer whose
-    parameters are float32 and contiguous; None otherwise. A log2(e) and dt_proj transposed are the
-    copies (they follow A_log's and dt_proj's in-place changes through their versions)."""
+    """DecodeWeights and the views `_sublayer_step` takes (decode_cpu.conv_ssm_sublayer), for a pre-norm
+    and a Mamba mixer whose parameters are float32 and contiguous; None otherwise. A log2(e) and
+    dt_proj transposed are the copies (they follow A_log's and dt_proj's in-place changes through their versions)."""
     inner = (mixer.dt_norm, mixer.B_norm, mixer.C_norm) if mixer.options.inner_norms else ()
     tensors = [
         norm.weight, mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv.weight, mixer.conv.bias,

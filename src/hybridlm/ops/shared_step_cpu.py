@@ -7,7 +7,8 @@ Eagerly one `S` call is ~45 aten ops per token (the concat, two norms, six LoRA 
 with exact GeLU, the output linear). Here:
 
     project        s = RMSNorm_2d([x | e]);  [q | k | v] = W s + B (A s)      one call
-    (attention)    `Attention.attend`: the KV cache write, SDPA, o_proj      layers/attention.py
+    (attention)    the KV cache write, softmax, o_proj in one call          ops/attention_decode_cpu.py
+                   (with RoPE on the shared block, or a mask needed: `Attention.attend`)
     after          m = RMSNorm_d(a);  h = act(W_g m + g) * (W_u m + u),  [g | u] = B (A m);
                    t = W_t (W_down h)                                         one call
 
