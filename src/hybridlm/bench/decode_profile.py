@@ -90,7 +90,8 @@ def decode_profile_rows(
     """One row per preset and path: the best of `rounds` short runs (8 tokens, about as long as the
     bandwidth probe, so that both have the same chance of a quiet moment on a shared machine) of
     wall time per token, alternating the paths and the probe in one process; then one profiled run
-    of `steps` tokens per path for the op counts."""
+    of `steps` tokens per path for the op counts. Each run follows two untimed tokens: the probe
+    streams other memory, and the first token after it finds the weights out of cache."""
     rows = []
     for preset in presets:
         torch.manual_seed(0)
@@ -101,13 +102,14 @@ def decode_profile_rows(
         with torch.inference_mode():
             for choice, _ in paths:
                 with kernels(choice):
-                    caches[choice] = model.allocate_cache(1, max_len=prompt + 8 * rounds + steps + 8)
+                    caches[choice] = model.allocate_cache(1, max_len=prompt + 10 * rounds + steps + 8)
                     model(torch.zeros(1, prompt, dtype=torch.long), cache=caches[choice])
                     _decode(model, caches[choice], 2)  # warm-up (and numba's compilation)
             for _ in range(rounds):
                 bandwidth = max(bandwidth, read_bandwidth(weight_bytes, repeats=2))
                 for choice, _ in paths:
                     with kernels(choice):
+                        _decode(model, caches[choice], 2)  # back to decoding's steady state
                         walls[choice] = min(walls[choice], _decode(model, caches[choice], 8))
             floor = weight_bytes / bandwidth
             for choice, label in paths:
