@@ -16,9 +16,8 @@ import torch
 from numba import njit, prange
 
 from . import simd
-from .numba_support import Kernel, as_array, sigmoid
+from .numba_support import Kernel, as_array, sigmoid, strided_view
 from .simd import LANES
-from .ssd_cpu import strided_view
 
 BLOCK = 256  # channels per work item
 FLUSH = 256  # steps between adding the float32 weight-gradient sums into the float64 totals

@@ -21,9 +21,8 @@ import torch
 from numba import prange
 
 from . import simd
-from .numba_support import Kernel, as_array, sigmoid
+from .numba_support import Kernel, as_array, sigmoid, strided_view
 from .simd import LANES
-from .ssd_cpu import strided_view
 
 ROWS = 64  # rows per work item; the weight's gradient is summed per item, then over items in torch
 

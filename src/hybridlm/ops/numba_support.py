@@ -101,6 +101,15 @@ def as_array(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def strided_view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a float32 activation whose last dim is contiguous, without copying (x, B and C
+    are column slices of the conv's output, z one of in_proj's); `as_array`'s contiguous copy otherwise.
+    Not for parameters: `numpy()` pins a storage's size (see `as_array`)."""
+    if t.dtype == torch.float32 and t.stride(-1) == 1:
+        return t.detach().numpy()
+    return as_array(t)
+
+
 def _pointer_view(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a contiguous float32 CPU tensor through its data pointer; valid while `t` lives."""
     if t.numel() == 0:
