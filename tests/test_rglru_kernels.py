@@ -9,7 +9,7 @@ from hybridlm.layers.mlp import ACTIVATION_FUNCTIONS
 from hybridlm.ops import custom_ops, rglru_step_cpu
 from hybridlm.ops.dispatch import kernels
 from hybridlm.ops.linear_scan import rglru_scan_ref
-from hybridlm.ops.linear_scan_cpu import rglru_gated_forward
+from hybridlm.ops.rglru_gated_cpu import rglru_gated_forward
 from tests.helpers import tiny_config
 
 pytest.importorskip("numba")

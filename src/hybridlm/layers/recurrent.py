@@ -168,7 +168,7 @@ class RecurrentBlock(Mixer):
         """u (b, l, d) -> (b, l, d); updates `state` (conv, rnn) in place when given.
 
         Decoding one token runs the fused step (ops/rglru_step_cpu.py), longer inputs the fused core
-        (gates, recurrence, product with the y branch: ops/linear_scan_cpu.py) where a kernel applies."""
+        (gates, recurrence, product with the y branch: ops/rglru_gated_cpu.py) where a kernel applies."""
         if state is not None and ctx.valid is None and u.shape[1] == 1:
             weights, c, activation = self._step_weights(), self.rg_lru.c, self.options.activation
             out = rglru_decode_step(u, ctx.positions, state.conv, state.rnn, weights, c, activation)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.library import custom_op, register_autograd, register_fake
 
-from . import linear_scan_cpu
+from . import rglru_gated_cpu
 from .causal_conv_cpu import CausalConv1dFunction, causal_conv1d_forward
 from .gated_norm_cpu import gated_rms_norm_backward as gated_rms_norm_backward_kernel
 from .gated_norm_cpu import gated_rms_norm_forward
@@ -266,7 +266,7 @@ def rglru_gated(
     activation: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """out (b, l, d), the final state (b, d), all states (b, l, d), gate pre-activations (h, b l, 2w); fp32."""
-    return linear_scan_cpu.rglru_gated_forward(
+    return rglru_gated_cpu.rglru_gated_forward(
         x, y_pre, input_gate_weight, input_gate_bias, recurrent_gate_weight, recurrent_gate_bias,
         log_a_scale, reset, initial_state, activation, keep=True,
     )  # fmt: skip
@@ -300,7 +300,7 @@ def rglru_gated_backward(
     activation: str,
 ) -> list[Tensor]:
     """Gradients of x, y_pre, both gates' weights and biases, log_a_scale and the initial state (fp32)."""
-    return list(linear_scan_cpu.rglru_gated_backward(
+    return list(rglru_gated_cpu.rglru_gated_backward(
         x, y_pre, input_gate_weight, recurrent_gate_weight, log_a_scale, reset, initial_state,
         states.detach(), gates.detach(), grad_out, grad_final, activation,
     ))  # fmt: skip

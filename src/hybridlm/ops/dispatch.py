@@ -237,7 +237,7 @@ def rglru_gated(x, y_pre, lru_weights: dict, log_a_scale, reset, initial_state, 
     if backend_for(x) != "numba":
         return None
     from . import custom_ops
-    from .linear_scan_cpu import rglru_gated_forward
+    from .rglru_gated_cpu import rglru_gated_forward
 
     if initial_state is None:
         initial_state = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)

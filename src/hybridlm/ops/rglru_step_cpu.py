@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from numba import njit
 
-from .linear_scan_cpu import ACTIVATION_KINDS, activate, gate_bias, gate_weight
 from .numba_support import as_array, exp_nonpositive, expm1_nonpositive, sigmoid, step_arrays
+from .rglru_gated_cpu import ACTIVATION_KINDS, activate, gate_bias, gate_weight
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
