@@ -8,6 +8,8 @@ import torch
 from hybridlm import HybridLM, ModelConfig
 from hybridlm.ops.dispatch import kernels
 
+from .decoding import count_calls, decode_one_at_a_time, perturbed
+
 pytest.importorskip("numba")
 
 from hybridlm.ops import attention_decode_cpu  # noqa: E402
@@ -17,32 +19,16 @@ TOLERANCE = 2e-5
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    calls = [0]
-    kernel = attention_decode_cpu._attend_token
-
-    def counting(*args):
-        calls[0] += 1
-        return kernel(*args)
-
-    monkeypatch.setattr(attention_decode_cpu, "_attend_token", counting)
-    return calls
+    return count_calls(monkeypatch, {0: (attention_decode_cpu, "_attend_token")})
 
 
 def _model(pattern: str, **overrides) -> HybridLM:
     torch.manual_seed(0)
     config = ModelConfig.from_preset("transformer", "tiny", pattern=pattern, **overrides)
-    model = HybridLM(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))  # nonzero biases
-    return model
+    return perturbed(HybridLM(config).eval())  # nonzero biases
 
 
-def _decode(model: HybridLM, tokens: torch.Tensor, prompt: int, max_len) -> torch.Tensor:
-    with torch.inference_mode():
-        cache = model.allocate_cache(tokens.shape[0], max_len=max_len)
-        model(tokens[:, :prompt], cache=cache)
-        return torch.cat([model(tokens[:, t : t + 1], cache=cache) for t in range(prompt, tokens.shape[1])], 1)
+_decode = decode_one_at_a_time
 
 
 CASES = {

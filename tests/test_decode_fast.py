@@ -14,6 +14,8 @@ from torch import nn
 from hybridlm import HybridLM, ModelConfig
 from hybridlm.ops.dispatch import kernels
 
+from .decoding import count_calls, decode_one_at_a_time
+
 pytest.importorskip("numba")
 
 from hybridlm.ops import decode_cpu, mamba_step_cpu, moe_decode_cpu  # noqa: E402
@@ -22,12 +24,7 @@ TOLERANCE = 2e-5
 FUSED_PRESETS = ("mamba", "jamba", "transformer", "zamba", "griffin")  # griffin: partial RoPE, (1 + w) norms
 
 
-def _decode(model: HybridLM, tokens: torch.Tensor, prompt: int = 3) -> torch.Tensor:
-    """Logits of every token after the prompt, decoded one at a time (b, N - prompt, V)."""
-    with torch.inference_mode():
-        cache = model.allocate_cache(tokens.shape[0], max_len=tokens.shape[1])
-        model(tokens[:, :prompt], cache=cache)
-        return torch.cat([model(tokens[:, t : t + 1], cache=cache) for t in range(prompt, tokens.shape[1])], 1)
+_decode = decode_one_at_a_time
 
 
 def _reference_decode(model, tokens):
@@ -38,21 +35,16 @@ def _reference_decode(model, tokens):
 @pytest.fixture
 def calls(monkeypatch):
     """How many times each fused kernel ran."""
-    counts = {"mamba": 0, "mlp": 0, "project": 0, "rms_norm": 0, "moe": 0}
-
-    def counting(name, fn):
-        def wrapper(*args):
-            counts[name] += 1
-            return fn(*args)
-
-        return wrapper
-
-    monkeypatch.setattr(mamba_step_cpu, "_sublayer_step", counting("mamba", mamba_step_cpu._sublayer_step))
-    monkeypatch.setattr(decode_cpu, "_mlp_step", counting("mlp", decode_cpu._mlp_step))
-    monkeypatch.setattr(decode_cpu, "_norm_project", counting("project", decode_cpu._norm_project))
-    monkeypatch.setattr(decode_cpu, "_rms_norm", counting("rms_norm", decode_cpu._rms_norm))
-    monkeypatch.setattr(moe_decode_cpu, "_moe_token", counting("moe", moe_decode_cpu._moe_token))
-    return counts
+    return count_calls(
+        monkeypatch,
+        {
+            "mamba": (mamba_step_cpu, "_sublayer_step"),
+            "mlp": (decode_cpu, "_mlp_step"),
+            "project": (decode_cpu, "_norm_project"),
+            "rms_norm": (decode_cpu, "_rms_norm"),
+            "moe": (moe_decode_cpu, "_moe_token"),
+        },
+    )
 
 
 @pytest.mark.parametrize("name", FUSED_PRESETS)

@@ -9,6 +9,8 @@ from torch import nn
 from hybridlm import HybridLM, ModelConfig
 from hybridlm.ops.dispatch import kernels
 
+from .decoding import count_calls, decode_one_at_a_time, perturbed
+
 pytest.importorskip("numba")
 
 from hybridlm.ops import attention_decode_cpu, decode_cpu, mamba2_step_cpu, shared_step_cpu  # noqa: E402
@@ -16,12 +18,7 @@ from hybridlm.ops import attention_decode_cpu, decode_cpu, mamba2_step_cpu, shar
 TOLERANCE = 2e-5
 
 
-def _decode(model: HybridLM, tokens: torch.Tensor, prompt: int = 3) -> torch.Tensor:
-    """Logits of every token after the prompt, decoded one at a time (b, N - prompt, V)."""
-    with torch.inference_mode():
-        cache = model.allocate_cache(tokens.shape[0], max_len=tokens.shape[1])
-        model(tokens[:, :prompt], cache=cache)
-        return torch.cat([model(tokens[:, t : t + 1], cache=cache) for t in range(prompt, tokens.shape[1])], 1)
+_decode = decode_one_at_a_time
 
 
 def _reference_decode(model, tokens):
@@ -33,31 +30,22 @@ def _perturbed(config: ModelConfig, seed: int = 0) -> HybridLM:
     """A model whose every weight is nudged: LoRA up-matrices and biases start at zero, which would
     hide a missing term."""
     torch.manual_seed(seed)
-    model = HybridLM(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
+    return perturbed(HybridLM(config).eval())
 
 
 @pytest.fixture
 def calls(monkeypatch):
     """How many times each fused kernel ran."""
-    counts = {"mamba2": 0, "project": 0, "after": 0, "mlp": 0, "attend": 0}
-
-    def counting(name, fn):
-        def wrapper(*args):
-            counts[name] += 1
-            return fn(*args)
-
-        return wrapper
-
-    monkeypatch.setattr(mamba2_step_cpu, "_sublayer_step", counting("mamba2", mamba2_step_cpu._sublayer_step))
-    monkeypatch.setattr(shared_step_cpu, "_project", counting("project", shared_step_cpu._project))
-    monkeypatch.setattr(shared_step_cpu, "_after_attention", counting("after", shared_step_cpu._after_attention))
-    monkeypatch.setattr(decode_cpu, "_mlp_step", counting("mlp", decode_cpu._mlp_step))
-    monkeypatch.setattr(attention_decode_cpu, "_attend_token", counting("attend", attention_decode_cpu._attend_token))
-    return counts
+    return count_calls(
+        monkeypatch,
+        {
+            "mamba2": (mamba2_step_cpu, "_sublayer_step"),
+            "project": (shared_step_cpu, "_project"),
+            "after": (shared_step_cpu, "_after_attention"),
+            "mlp": (decode_cpu, "_mlp_step"),
+            "attend": (attention_decode_cpu, "_attend_token"),
+        },
+    )
 
 
 def _check(model, tokens, calls, fused_shared: bool = True):

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from hybridlm import HybridLM, ModelConfig
 from hybridlm.ops.dispatch import kernels
 
+from .decoding import count_calls, decode_one_at_a_time
+
 pytest.importorskip("numba")
 
 from numba import njit  # noqa: E402
@@ -54,28 +56,16 @@ def test_gemv_matches_matmul(rows, width, batch, biased):
     assert np.isnan(out[:, :2]).all() and np.isnan(out[:, -1]).all()  # nothing outside its columns
 
 
-def _decode(model, tokens, prompt=3):
-    with torch.inference_mode():
-        cache = model.allocate_cache(tokens.shape[0], max_len=tokens.shape[1])
-        model(tokens[:, :prompt], cache=cache)
-        return torch.cat([model(tokens[:, t : t + 1], cache=cache) for t in range(prompt, tokens.shape[1])], 1)
+_decode = decode_one_at_a_time
 
 
 @pytest.fixture
 def steps_run(monkeypatch):
     """How many fused sub-layer steps and per-mixer steps ran."""
-    counts = {"sublayer": 0, "mixer": 0}
-
-    def counting(name, fn):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return fn(*args, **kwargs)
-
-        return wrapper
-
-    monkeypatch.setattr(mamba_step_cpu, "_sublayer_step", counting("sublayer", mamba_step_cpu._sublayer_step))
-    monkeypatch.setattr(mamba_step_cpu, "mamba_decode_step", counting("mixer", mamba_step_cpu.mamba_decode_step))
-    return counts
+    return count_calls(
+        monkeypatch,
+        {"sublayer": (mamba_step_cpu, "_sublayer_step"), "mixer": (mamba_step_cpu, "mamba_decode_step")},
+    )
 
 
 # n = 16 and 32: whole vectors; 20: one vector and 4 states one by one; 5: none

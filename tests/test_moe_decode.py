@@ -7,23 +7,19 @@ import torch
 from hybridlm import HybridLM, ModelConfig
 from hybridlm.ops.dispatch import kernels
 
+from .decoding import count_calls, decode_one_at_a_time, perturbed
+
 pytest.importorskip("numba")
 
 
 def _model(**overrides) -> HybridLM:
     torch.manual_seed(0)
     model = HybridLM(ModelConfig.from_preset("transformer", "tiny", pattern="(AE)*2", **overrides)).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
+    return perturbed(model)
 
 
 def _decode(model, tokens):
-    with torch.inference_mode():
-        cache = model.allocate_cache(tokens.shape[0], max_len=tokens.shape[1])
-        model(tokens[:, :4], cache=cache)
-        logits = torch.cat([model(tokens[:, t : t + 1], cache=cache) for t in range(4, tokens.shape[1])], 1)
+    logits = decode_one_at_a_time(model, tokens, prompt=4)
     probs, chosen, _ = model.layers[-1].mixer._routing
     return logits, probs, chosen
 
@@ -32,14 +28,7 @@ def _decode(model, tokens):
 def fused_calls(monkeypatch):
     from hybridlm.ops import moe_decode_cpu
 
-    calls, kernel = [0], moe_decode_cpu._moe_token
-
-    def counting(*args):
-        calls[0] += 1
-        return kernel(*args)
-
-    monkeypatch.setattr(moe_decode_cpu, "_moe_token", counting)
-    return calls
+    return count_calls(monkeypatch, {0: (moe_decode_cpu, "_moe_token")})
 
 
 @pytest.mark.parametrize(
