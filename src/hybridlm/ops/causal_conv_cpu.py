@@ -19,6 +19,23 @@ from . import simd
 from .numba_support import Kernel, as_array, sigmoid, strided_view
 from .simd import LANES
 
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def conv_token(conv_weight, conv_bias, conv_state, row, c, new):
+    """Channel c of row `row` of the depthwise causal conv for one new input, the decoding step's form:
+    its k - 1 kept inputs (conv_state (b, channels, k - 1)) and `new` against conv_weight (channels, k),
+    plus the bias; then the window shifts to end at `new`."""
+    width = conv_weight.shape[1]
+    acc = conv_bias[c] + conv_weight[c, width - 1] * new
+    for j in range(width - 1):
+        acc += conv_weight[c, j] * conv_state[row, c, j]
+    for j in range(width - 2):
+        conv_state[row, c, j] = conv_state[row, c, j + 1]
+    if width > 1:
+        conv_state[row, c, width - 2] = new
+    return acc
+
+
 BLOCK = 256  # channels per work item
 FLUSH = 256  # steps between adding the float32 weight-gradient sums into the float64 totals
 

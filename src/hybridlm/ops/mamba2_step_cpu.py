@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from .causal_conv_cpu import conv_token
 from .decode_cpu import DecodeWeights, gemv_into, norm_views, rms_norm_into, viewable, weight_view
 from .numba_support import as_array, exp_nonpositive, sigmoid, step_arrays
 
@@ -41,22 +42,15 @@ def _step(
 ):
     batch = projected.shape[0]
     heads, head_dim, d_state = ssm_state.shape[1], ssm_state.shape[2], ssm_state.shape[3]
-    conv_dim, width = conv_weight.shape
+    conv_dim = conv_weight.shape[0]
     d_inner = heads * head_dim
     groups = (conv_dim - d_inner) // (2 * d_state)
     per_group = heads // groups
     group_width = d_inner // groups
     xBC = np.empty(conv_dim, np.float32)
     for row in range(batch):
-        for c in range(conv_dim):  # depthwise conv over (window, new input), then the window shifts
-            new = projected[row, d_inner + c]
-            acc = conv_bias[c] + conv_weight[c, width - 1] * new
-            for j in range(width - 1):
-                acc += conv_weight[c, j] * conv_state[row, c, j]
-            for j in range(width - 2):
-                conv_state[row, c, j] = conv_state[row, c, j + 1]
-            if width > 1:
-                conv_state[row, c, width - 2] = new
+        for c in range(conv_dim):
+            acc = conv_token(conv_weight, conv_bias, conv_state, row, c, projected[row, d_inner + c])
             xBC[c] = acc * sigmoid(acc)
         for head in range(heads):
             raw = projected[row, d_inner + conv_dim + head] + dt_bias[head]

@@ -37,6 +37,7 @@ import torch
 from numba import njit
 
 from . import simd
+from .causal_conv_cpu import conv_token
 from .decode_cpu import DecodeWeights, gemv_rows, norm_views, rms_norm_into, viewable, weight_view
 from .numba_support import as_array, exp_nonpositive, step_arrays
 from .simd import LANES
@@ -88,7 +89,6 @@ def _step(
     """dt_proj_t: dt_proj transposed, (g, r, w), so dt accumulates over whole contiguous rows of it;
     A_log2e = A log2(e) (d_in, n): exp(dt A) = 2^(dt A log2 e), simd.exp2 on 16 states at once."""
     batch, channels = x_in.shape
-    width = conv_weight.shape[1]
     heads, n_out, head_width = x_proj.shape
     rank = dt_proj_t.shape[1]
     d_state = A_log2e.shape[1]
@@ -98,15 +98,8 @@ def _step(
     dt = np.empty(head_width, np.float32)
     no_bias = np.empty(0, np.float32)
     for row in range(batch):
-        for c in range(channels):  # depthwise conv over (window, new input), then the window shifts
-            acc = conv_bias[c] + conv_weight[c, width - 1] * x_in[row, c]
-            for j in range(width - 1):
-                acc += conv_weight[c, j] * conv_state[row, c, j]
-            for j in range(width - 2):
-                conv_state[row, c, j] = conv_state[row, c, j + 1]
-            if width > 1:
-                conv_state[row, c, width - 2] = x_in[row, c]
-            x[c] = acc
+        for c in range(channels):
+            x[c] = conv_token(conv_weight, conv_bias, conv_state, row, c, x_in[row, c])
         for c in range(channels):
             x[c] = _silu(x[c])
         for g in range(heads):

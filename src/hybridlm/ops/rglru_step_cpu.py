@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from numba import njit
 
+from .causal_conv_cpu import conv_token
 from .numba_support import as_array, exp_nonpositive, expm1_nonpositive, sigmoid, step_arrays
 from .rglru_gated_cpu import ACTIVATION_KINDS, activate, gate_bias, gate_weight
 
@@ -45,7 +46,7 @@ def _step(
     log_a_scale, out_weight, out_bias, kind, rnn_state, linears, x_in, y_pre, gated, out,
 ):  # fmt: skip
     batch = u.shape[0]
-    channels, width = conv_weight.shape
+    channels = conv_weight.shape[0]
     heads, _, block = gate_w.shape
     if linears:  # else the caller gives x_in, y_pre and applies linear_out to `gated`
         _linear(x_weight, x_bias, u, x_in)
@@ -53,15 +54,8 @@ def _step(
     x = np.empty(channels, np.float32)
     gates = np.empty(2 * block, np.float32)
     for row in range(batch):
-        for c in range(channels):  # depthwise conv over (window, new input), then the window shifts
-            acc = conv_bias[c] + conv_weight[c, width - 1] * x_in[row, c]
-            for j in range(width - 1):
-                acc += conv_weight[c, j] * conv_state[row, c, j]
-            for j in range(width - 2):
-                conv_state[row, c, j] = conv_state[row, c, j + 1]
-            if width > 1:
-                conv_state[row, c, width - 2] = x_in[row, c]
-            x[c] = acc
+        for c in range(channels):
+            x[c] = conv_token(conv_weight, conv_bias, conv_state, row, c, x_in[row, c])
         reset = positions[row, 0] == 0  # a row's first token: a = 0, the input unscaled
         for g in range(heads):
             c0 = g * block
