@@ -22,6 +22,7 @@ from ..model import HybridLM
 from ..ops.dispatch import kernels, selective_scan
 from ..ops.selective_scan import selective_scan_ref
 from . import scan_floor
+from .scan_floor import scan_inputs
 from .timing import Row, alternated_times, best_time
 
 D_MODEL = 256
@@ -50,11 +51,7 @@ def selective_scan_rows(lengths, batch: int = 2, d_inner: int = 2 * D_MODEL, d_s
     """The scan alone (with the D skip and SiLU(z) gate): our kernel vs the reference loop (and mambapy's pscan)."""
     rows = []
     for length in lengths:
-        x, z = torch.randn(batch, length, d_inner), torch.randn(batch, length, d_inner)
-        dt = F.softplus(torch.randn(batch, length, d_inner) - 3)
-        A = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
-        B, C = torch.randn(batch, length, 1, d_state), torch.randn(batch, length, 1, d_state)
-        inputs = [x, dt, A, B, C, torch.ones(d_inner), z]
+        inputs = scan_inputs(batch, length, d_inner, d_state)
 
         def reference(x, dt, A, B, C, D, z):
             return selective_scan_ref(x, dt, A, B, C, D)[0] * F.silu(z)

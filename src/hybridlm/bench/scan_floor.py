@@ -69,17 +69,22 @@ def _forward(*inputs):
         selective_scan(*inputs)
 
 
+def scan_inputs(batch: int, length: int, d_inner: int, d_state: int) -> list:
+    """Inputs of the Mamba-1 scan benchmarks: x, dt (softplus(randn - 3), as a trained layer's),
+    A = -(1 .. n) per channel, B, C (one group), D = 1, z."""
+    x, z = torch.randn(batch, length, d_inner), torch.randn(batch, length, d_inner)
+    dt = F.softplus(torch.randn(batch, length, d_inner) - 3)
+    A = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+    B, C = torch.randn(batch, length, 1, d_state), torch.randn(batch, length, 1, d_state)
+    return [x, dt, A, B, C, torch.ones(d_inner), z]
+
+
 def floor_rows(lengths, batch: int = 2, d_inner: int = 512, d_state: int = 16, repeats: int = 7) -> list[Row]:
     """The scan forward (with the D skip and SiLU(z) gate, no autograd) against the floor loop run for
     the same number of elements, the two alternated (best of `repeats` each): the machine is shared."""
     rows = []
     for length in lengths:
-        x, z = torch.randn(batch, length, d_inner), torch.randn(batch, length, d_inner)
-        dt = F.softplus(torch.randn(batch, length, d_inner) - 3)
-        A = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
-        B, C = torch.randn(batch, length, 1, d_state), torch.randn(batch, length, 1, d_state)
-
-        forward = functools.partial(_forward, x, dt, A, B, C, torch.ones(d_inner), z)
+        forward = functools.partial(_forward, *scan_inputs(batch, length, d_inner, d_state))
         elements = batch * length * d_inner * d_state
         floor_run = _floor_run(elements // (STATES * simd.LANES))
         ours = floor = float("inf")
