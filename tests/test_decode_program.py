@@ -13,8 +13,8 @@ from .decoding import decode_one_at_a_time, perturbed
 pytest.importorskip("numba")
 
 TOLERANCE = 2e-5
-PROGRAM_PRESETS = ("mamba", "mamba2", "jamba", "transformer")  # every sub-layer has a step (samba: below)
-OTHER_PRESETS = ("zamba2", "griffin", "stripedhyena")  # a shared block, RG-LRU, Hyena: one by one
+PROGRAM_PRESETS = ("mamba", "mamba2", "jamba", "transformer", "zamba", "zamba2")  # every sub-layer has a step
+OTHER_PRESETS = ("griffin", "stripedhyena", "blend")  # RG-LRU, Hyena, the alpha-blend: one by one
 
 
 @pytest.fixture

@@ -40,12 +40,12 @@ class Sublayer(nn.Module):
         # a mixer with `decode_token` can run norm + mixer for one decoded token in one fused call
         self.fused_decode = self.norm is not None and hasattr(self.mixer, "decode_token")
 
-    def program_step(self, state, batch: int):
-        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None where it has none:
-        a mixer without `decode_program_step`, no pre-norm, or an output that feeds the next mixer."""
-        if not self.fused_decode or self.feeds_next_mixer or not hasattr(self.mixer, "decode_program_step"):
+    def program_step(self, state, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None where its mixer
+        has no `decode_program_step`; `shared`: the model's shared modules (as `Context.shared`)."""
+        if not hasattr(self.mixer, "decode_program_step"):
             return None
-        return self.mixer.decode_program_step(self.norm, state, batch)
+        return self.mixer.decode_program_step(self.norm, state, batch, shared)
 
     def forward(self, x: torch.Tensor, state, ctx: Context) -> torch.Tensor:
         if self.fused_decode and ctx.valid is None:

@@ -187,7 +187,7 @@ class Attention(Mixer):
         q, k, v = qkv.split([p.out_features for p in projections], dim=-1)
         return self.attend(q, k, v, state, ctx, rotated=True)
 
-    def decode_program_step(self, norm, state, batch: int):
+    def decode_program_step(self, norm, state, batch: int, shared: dict):
         """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None: where
         `decode_token` fuses (a KV cache, no short conv); a cache slot that needs a mask is found per token."""
         if not isinstance(state, KVCache) or self.short_conv is not None:

@@ -189,7 +189,7 @@ class Mamba2(Mixer):
 
         return fused_sublayer_decode(self, u, norm, state, mamba2_step_cpu)
 
-    def decode_program_step(self, norm, state: ConvSSMState | None, batch: int):
+    def decode_program_step(self, norm, state: ConvSSMState | None, batch: int, shared: dict):
         """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None."""
         from ..ops import mamba2_step_cpu
 

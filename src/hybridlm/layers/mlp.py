@@ -100,7 +100,7 @@ class MLP(TokenwiseMixer):
         weights = decode_cpu.cached_weights(self, lambda mlp: decode_cpu.mlp_weights(norm, mlp), norm)
         return None if weights is None else decode_cpu.mlp_step(x, weights)
 
-    def decode_program_step(self, norm, state, batch: int):
+    def decode_program_step(self, norm, state, batch: int, shared: dict):
         """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None."""
         from ..ops import decode_cpu
         from ..ops.decode_program import ProgramStep

@@ -144,7 +144,7 @@ class MoE(TokenwiseMixer):
         self._routing = (probs, top_experts, None)
         return output
 
-    def decode_program_step(self, norm, state, batch: int):
+    def decode_program_step(self, norm, state, batch: int, shared: dict):
         """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None: as `decode_token`,
         none when rows x top-k exceed the experts."""
         if batch * self.top_k > self.n_experts:

@@ -127,22 +127,30 @@ def program_step(attention, norm, cache):
     rope = attention.rope
     if rope is not None and not viewable(rope.inv_freq):
         return None
-    if cache.keys.dtype != torch.float32 or not cache.keys.is_contiguous() or not cache.values.is_contiguous():
-        return None
     projections = (attention.q_proj, attention.k_proj, attention.v_proj)
     inputs = cached_entry(attention, lambda _: projection_weights(norm, projections), norm)
-    output = cached_entry(attention.o_proj, _output_weights)
-    if inputs is None or output is None:
+    attend = cache_arguments(attention, cache)
+    if inputs is None or attend is None:
         return None
     from .decode_program import ProgramStep
 
     norm_weight, eps, offset, matrices, biases, width = inputs[1]
     inv_freq = np.zeros(0, np.float32) if rope is None else weight_view(rope.inv_freq)
     rope_heads = attention.n_heads + attention.n_kv_heads
-    views = [(cache, "keys"), (cache, "values"), (cache, "positions")] + ([] if rope is None else [(rope, "inv_freq")])
-    args = (
-        norm_weight, eps, offset, matrices, biases, width, inv_freq, attention.head_dim, rope_heads,
-        cache.keys.numpy(), cache.values.numpy(), cache.positions.numpy(), attention.n_heads,
-        np.float32(attention.scale), *output[1],
-    )  # fmt: skip
-    return ProgramStep("attention", args, [inputs[0], output[0]], views)
+    args = (norm_weight, eps, offset, matrices, biases, width, inv_freq, attention.head_dim, rope_heads, *attend[1])
+    views = attend[2] + ([] if rope is None else [(rope, "inv_freq")])
+    return ProgramStep("attention", args, [inputs[0], attend[0]], views)
+
+
+def cache_arguments(attention, cache) -> tuple | None:
+    """(o_proj's DecodeWeights, the `_attend_token` arguments from the keys to o_proj's bias, the
+    (holder, attribute) of the cache tensors viewed) for a whole-step decode; None where the cache or
+    o_proj cannot be viewed in place."""
+    if cache.keys.dtype != torch.float32 or not cache.keys.is_contiguous() or not cache.values.is_contiguous():
+        return None
+    output = cached_entry(attention.o_proj, _output_weights)
+    if output is None:
+        return None
+    tensors = (cache.keys.numpy(), cache.values.numpy(), cache.positions.numpy())
+    args = (*tensors, attention.n_heads, np.float32(attention.scale), *output[1])
+    return output[0], args, [(cache, "keys"), (cache, "values"), (cache, "positions")]

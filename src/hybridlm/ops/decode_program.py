@@ -14,11 +14,12 @@ and views of its cache state), keeps them in one typed list per kernel, and runs
     x = x + Sublayer_l(x)         l = 1 .. L, each by its kernel (KINDS)
     logits = W_head RMSNorm(x)
 
-in one call. Per token the Python side only checks that nothing it views moved (a parameter or a
-state tensor replaced, a derived copy's source changed, a module registered, a hook added), asks
-each KV cache for its slot, and counts the token. It applies where every sub-layer has a step:
-a sub-layer whose output feeds the next mixer (Zamba's shared block), padding, a window ring not
-yet full, or any mixer without `decode_program_step` leaves the token to the per-sub-layer path,
+in one call (a sub-layer whose output feeds the next mixer, Zamba's shared block, hands x + t to
+it and leaves x alone, as model.py does). Per token the Python side only checks that nothing it
+views moved (a parameter or a state tensor replaced, a derived copy's source changed, a module
+registered, a hook added), asks each KV cache for its slot, and counts the token. It applies where
+every sub-layer has a step: padding, a window ring not yet full, RoPE on a shared block, or any
+mixer without `decode_program_step` (RG-LRU, Hyena) leaves the token to the per-sub-layer path,
 which gives the same logits.
 
 numba's disk cache follows this file only: after editing a kernel it calls, delete
@@ -37,14 +38,15 @@ from numba import njit, typed, typeof, types
 from numba.core.errors import NumbaError
 from numba.extending import overload
 
-from . import attention_decode_cpu, decode_cpu, mamba2_step_cpu, mamba_step_cpu, moe_decode_cpu
+from . import attention_decode_cpu, decode_cpu, mamba2_step_cpu, mamba_step_cpu, moe_decode_cpu, shared_step_cpu
 from .decode_cpu import DecodeWeights, weight_view
 from .dispatch import fused_decode_allowed
 
 log = logging.getLogger(__name__)
 
-KINDS = ("mamba", "mamba2", "mlp", "moe", "attention")  # the fused kernels a step may name
-_MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION = range(len(KINDS))
+KINDS = ("mamba", "mamba2", "mlp", "moe", "attention", "shared")  # the fused kernels a step may name
+_MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION, _SHARED = range(len(KINDS))
+_WITH_CACHE = ("attention", "shared")  # kinds that write a KV cache slot per token
 
 
 @dataclass
@@ -98,48 +100,92 @@ def _attention_token(
     )
 
 
-def _attention(x, steps, j, positions, places, out):
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _shared_token(x, embedded, projection, width, attend, after, positions, attended, slot, out):
+    """layers/shared.py `decode_token`'s fused path: [q | k | v] of RMSNorm([x | e]) with the site's LoRA
+    deltas, the block's attention (cache write, softmax, o_proj), then its MLP and the site's linear
+    (ops/shared_step_cpu.py)."""
+    qkv = np.empty((x.shape[0], width), np.float32)
+    shared_step_cpu._project(x, embedded, *projection, qkv)
+    attention_out = np.empty_like(x)
+    attention_decode_cpu._attend_token(qkv, *attend[:3], positions, attended, slot, *attend[3:], attention_out)
+    shared_step_cpu._after_attention(attention_out, *after, out)
+
+
+def _attention(x, embedded, steps, j, positions, place, out):
     raise NotImplementedError  # replaced inside jitted code by the overload below
 
 
 @overload(_attention, inline="always")
-def _attention_typed(x, steps, j, positions, places, out):
+def _attention_typed(x, embedded, steps, j, positions, place, out):
     if isinstance(steps, types.NoneType):
-        return lambda x, steps, j, positions, places, out: None
+        return lambda x, embedded, steps, j, positions, place, out: None
 
-    def call(x, steps, j, positions, places, out):
-        _attention_token(x, *steps[j], positions, places[j, 0], places[j, 1], out)
+    def call(x, embedded, steps, j, positions, place, out):
+        _attention_token(x, *steps[j], positions, place[0], place[1], out)
+
+    return call
+
+
+def _shared(x, embedded, steps, j, positions, place, out):
+    raise NotImplementedError  # replaced inside jitted code by the overload below
+
+
+@overload(_shared, inline="always")
+def _shared_typed(x, embedded, steps, j, positions, place, out):
+    if isinstance(steps, types.NoneType):
+        return lambda x, embedded, steps, j, positions, place, out: None
+
+    def call(x, embedded, steps, j, positions, place, out):
+        _shared_token(x, embedded, *steps[j], positions, place[0], place[1], out)
 
     return call
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _run(
-    ids, embedding, embedding_scale, positions, places, order, mamba, mamba2, mlp, moe, attention, head, logits
+    ids, embedding, embedding_scale, positions, places, order, mamba, mamba2, mlp, moe, attention, shared, head,
+    logits,
 ):  # fmt: skip
-    """order (L, 2): each sub-layer's kind and its index in that kind's list; places (attention layers, 2):
-    each KV cache's (slots attended, slot written) for this token."""
+    """order (L, 4): each sub-layer's kind, its index in that kind's list, its row of places (-1 for
+    none) and whether its output feeds the next mixer (model.py: x + t is the next one's input, x is
+    unchanged); places (KV caches, 2): each cache's (slots attended, slot written) for this token."""
     batch, width = ids.shape[0], embedding.shape[1]
     x = np.empty((batch, width), np.float32)
     for row in range(batch):
         for i in range(width):
             x[row, i] = embedding[ids[row], i] * embedding_scale
+    embedded = x.copy()  # e, what Zamba's shared block reads beside x
     out = np.empty_like(x)
+    fed = np.zeros_like(x)  # x + t, the input after a sub-layer that feeds the next mixer
+    feeding = False
     for layer in range(order.shape[0]):
-        kind, j = order[layer, 0], order[layer, 1]
+        kind, j, place, feeds = order[layer, 0], order[layer, 1], order[layer, 2], order[layer, 3]
+        source = x
+        if feeding:
+            for row in range(batch):
+                for i in range(width):
+                    fed[row, i] += x[row, i]
+            source = fed
         if kind == _MAMBA:
-            _mamba(x, mamba, j, out)
+            _mamba(source, mamba, j, out)
         elif kind == _MAMBA2:
-            _mamba2(x, mamba2, j, out)
+            _mamba2(source, mamba2, j, out)
         elif kind == _MLP:
-            _mlp(x, mlp, j, out)
+            _mlp(source, mlp, j, out)
         elif kind == _MOE:
-            _moe(x, moe, j, out)
+            _moe(source, moe, j, out)
+        elif kind == _ATTENTION:
+            _attention(source, embedded, attention, j, positions, places[place], out)
         else:
-            _attention(x, attention, j, positions, places, out)
-        for row in range(batch):
-            for i in range(width):
-                x[row, i] += out[row, i]
+            _shared(source, embedded, shared, j, positions, places[place], out)
+        feeding = feeds != 0
+        if feeding:
+            fed[:] = out
+        else:
+            for row in range(batch):
+                for i in range(width):
+                    x[row, i] += out[row, i]
     decode_cpu._norm_project(x, *head, logits)
 
 
@@ -156,15 +202,18 @@ class DecodeProgram:
         self.embedding_scale = np.float32(1.0 if scale is None else model._embedding_scale(torch.float32).item())
         self.head = head
         lists: dict[str, typed.List] = {}
-        order = np.empty((len(steps), 2), np.int64)
-        for index, step in enumerate(steps):
+        order = np.empty((len(steps), 4), np.int64)
+        self.kv_caches = []
+        for index, (layer, step) in enumerate(zip(model.layers, steps)):
             if step.kind not in lists:
                 lists[step.kind] = typed.List.empty_list(typeof(step.args))
-            order[index] = KINDS.index(step.kind), len(lists[step.kind])
+            place = len(self.kv_caches) if step.kind in _WITH_CACHE else -1
+            order[index] = KINDS.index(step.kind), len(lists[step.kind]), place, layer.feeds_next_mixer
             lists[step.kind].append(step.args)  # a typing error when a sub-layer's views differ in type
+            if place >= 0:
+                self.kv_caches.append(cache.states[index])
         self.order = order
         self.lists = tuple(lists.get(kind) for kind in KINDS)
-        self.kv_caches = [cache.states[i] for i, step in enumerate(steps) if step.kind == "attention"]
         self.places = np.zeros((max(len(self.kv_caches), 1), 2), np.int64)
         moes = [(model.layers[i].mixer, step) for i, step in enumerate(steps) if step.kind == "moe"]
         self.routed = [(moe, step.args[-2], step.args[-1]) for moe, step in moes]  # probabilities, chosen
@@ -219,7 +268,7 @@ def build_program(model, cache) -> DecodeProgram | None:
         return None
     steps = []
     for layer, state in zip(model.layers, cache.states):
-        step = layer.program_step(state, cache.batch_size)
+        step = layer.program_step(state, cache.batch_size, model.shared_modules)
         if step is None:
             return None
         steps.append(step)
