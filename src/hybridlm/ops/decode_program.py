@@ -18,7 +18,7 @@ in one call (a sub-layer whose output feeds the next mixer, Zamba's shared block
 it and leaves x alone, as model.py does). Per token the Python side only checks that nothing it
 views moved (a parameter or a state tensor replaced, a derived copy's source changed, a module
 registered, a hook added), asks each KV cache for its slot, and counts the token. It applies where
-every sub-layer has a step: padding, a window ring not yet full, RoPE on a shared block, or any
+every sub-layer has a step: padding stored in a KV cache, RoPE on a shared block, or any
 mixer without `decode_program_step` (RG-LRU, Hyena) leaves the token to the per-sub-layer path,
 which gives the same logits.
 
