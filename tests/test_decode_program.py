@@ -14,7 +14,7 @@ pytest.importorskip("numba")
 
 TOLERANCE = 2e-5
 PROGRAM_PRESETS = ("mamba", "mamba2", "jamba", "transformer", "zamba", "zamba2")  # every sub-layer has a step
-OTHER_PRESETS = ("griffin", "stripedhyena", "blend")  # RG-LRU, Hyena, the alpha-blend: one by one
+OTHER_PRESETS = ("stripedhyena", "blend")  # Hyena, the alpha-blend: one by one
 
 
 @pytest.fixture
@@ -56,6 +56,20 @@ def test_program_equals_the_sublayer_path_and_the_reference(name, batch, runs):
     assert runs[0] == tokens.shape[1] - 3  # every decoded token, the prompt not
     assert (program - _by_sublayer(model, tokens)).abs().max() <= 1e-6  # the same kernels, in one call
     assert (program - _reference(model, tokens)).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["griffin", "hawk"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rglru_blocks_in_the_program(name, batch, runs):
+    """The RG-LRU block's step runs its linears on decode_cpu's GEMV, which sums in another order than the
+    sub-layer path's: equal to the reference within the tolerance; a row's first token resets."""
+    torch.manual_seed(8)
+    model = perturbed(HybridLM(ModelConfig.from_preset(name, "tiny")).eval())
+    tokens = torch.randint(0, 258, (batch, 10))
+    program = decode_one_at_a_time(model, tokens, prompt=1)
+    assert runs[0] == 10  # a one-token prompt too: the program's first token resets the recurrence
+    assert (program - _reference(model, tokens, prompt=1)).abs().max() <= TOLERANCE
+    assert (program - _by_sublayer(model, tokens, prompt=1)).abs().max() <= TOLERANCE
 
 
 @pytest.mark.parametrize("name", OTHER_PRESETS)
