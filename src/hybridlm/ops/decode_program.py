@@ -4,9 +4,10 @@ residual add, the final norm and the LM head.
 Glossary: b batch (rows decoded together), d model width, V vocabulary, L sub-layers.
 
 Called one sub-layer at a time (ops/decode_cpu.py and the other `*_step_cpu.py` files), a token
-still pays the module calls, the checks and the numpy views around each kernel: 0.8-1.2 ms of a
-3.6-4 ms step at the small presets here, most of it because the interpreter's own code and data
-come back cold after every kernel has streamed a layer's weights. A `DecodeProgram` asks each
+still pays the module calls, the checks and the numpy views around each kernel: 0.9-1.4 ms of a
+3.2-3.8 ms step at the small presets here (mamba, transformer, jamba), most of it because the
+interpreter's own code and data come back cold after every kernel has streamed a layer's weights.
+A `DecodeProgram` asks each
 sub-layer once for its `ProgramStep` (the kernel it runs and that kernel's arguments: weight views
 and views of its cache state), keeps them in one typed list per kernel, and runs
 
@@ -18,9 +19,10 @@ in one call (a sub-layer whose output feeds the next mixer, Zamba's shared block
 it and leaves x alone, as model.py does). Per token the Python side only checks that nothing it
 views moved (a parameter or a state tensor replaced, a derived copy's source changed, a module
 registered, a hook added), asks each KV cache for its slot, and counts the token. It applies where
-every sub-layer has a step: padding stored in a KV cache, RoPE on a shared block, or any
-mixer without `decode_program_step` (Hyena, the alpha-blend) leaves the token to the per-sub-layer path,
-which gives the same logits.
+every sub-layer has a step: padding stored in a KV cache, RoPE on a shared block, or a mixer
+without `decode_program_step` (Hyena, the alpha-blend) leaves the token to the per-sub-layer path.
+Both give the same logits: bit for bit where a step calls the sub-layer path's own kernel, within
+float32 rounding for the RG-LRU block (its linears on the GEMV here, torch's there).
 
 numba's disk cache follows this file only: after editing a kernel it calls, delete
 ops/__pycache__/decode_program*.nb* too.
