@@ -48,3 +48,30 @@ def test_decoding_matches_full_forward_at_2k():
 @pytest.mark.parametrize("prompt", [16, 8192])
 def test_decoding_matches_full_forward_at_16k(prompt):
     assert decode_error(16384, prompt=prompt) <= RELATIVE
+
+
+def test_the_fused_hyena_step_keeps_the_recurrence_exact_at_4k():
+    """The whole-step decode's Hyena kernel (ops/hyena_step_cpu.py: norm, in_proj, conv, complex128
+    recurrence, skip, out_proj in one call) against the layer's own recurrent step, token by token."""
+    pytest.importorskip("numba")
+    import numpy as np
+
+    from hybridlm.layers.norm import RMSNorm
+    from hybridlm.ops import hyena_step_cpu
+
+    hyena, norm, length = long_memory_hyena(), RMSNorm(16), 4096
+    u = torch.randn(1, length, hyena.d_model)
+    eager_state = hyena.allocate_state(1, None, u.device, u.dtype)
+    fused_state = hyena.allocate_state(1, None, u.device, u.dtype)
+    with torch.inference_mode():
+        args = hyena_step_cpu.program_step(hyena, norm, fused_state).args
+        eager, fused = [], []
+        for t in range(length):
+            eager.append(hyena(norm(u[:, t : t + 1]), eager_state, Context(positions=torch.tensor([[t]])))[:, 0])
+            out = np.empty((1, hyena.d_model), np.float32)
+            hyena_step_cpu._sublayer_step(u[:, t].numpy(), *args, out)
+            fused.append(torch.from_numpy(out))
+    eager, fused = torch.cat(eager), torch.cat(fused)
+    assert ((fused - eager).abs().max() / eager.abs().max()).item() <= RELATIVE
+    assert (fused_state.modal - eager_state.modal).abs().max() <= 1e-5 * eager_state.modal.abs().max()
+    assert torch.allclose(fused_state.conv, eager_state.conv, rtol=1e-5, atol=1e-6)

@@ -141,6 +141,14 @@ class Hyena(Mixer):
         z = z + self.D * gated
         return self.out_proj(q * z)
 
+    def decode_program_step(self, norm, state: HyenaState | None, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py, ops/hyena_step_cpu.py), or None."""
+        if state is None or norm is None:
+            return None
+        from ..ops import hyena_step_cpu
+
+        return hyena_step_cpu.program_step(self, norm, state)
+
     def gates(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
         """q (b, l, d), the long convolution's input k o v (b, l, d), and the short conv's new state."""
         qkv, conv_state = self.short_conv(ctx.zero_padding(self.in_proj(u)), conv_state)

@@ -20,9 +20,9 @@ it and leaves x alone, as model.py does). Per token the Python side only checks 
 views moved (a parameter or a state tensor replaced, a derived copy's source changed, a module
 registered, a hook added), asks each KV cache for its slot, and counts the token. It applies where
 every sub-layer has a step: padding stored in a KV cache, RoPE on a shared block, or a mixer
-without `decode_program_step` (Hyena, the alpha-blend) leaves the token to the per-sub-layer path.
+without `decode_program_step` (the alpha-blend) leaves the token to the per-sub-layer path.
 Both give the same logits: bit for bit where a step calls the sub-layer path's own kernel, within
-float32 rounding for the RG-LRU block (its linears on the GEMV here, torch's there).
+float32 rounding for the RG-LRU and Hyena blocks (their linears on the GEMV here, torch's there).
 
 numba's disk cache follows this file only: after editing a kernel it calls, delete
 ops/__pycache__/decode_program*.nb* too.
@@ -42,6 +42,7 @@ from numba.extending import overload
 from . import (
     attention_decode_cpu,
     decode_cpu,
+    hyena_step_cpu,
     mamba2_step_cpu,
     mamba_step_cpu,
     moe_decode_cpu,
@@ -53,8 +54,8 @@ from .dispatch import fused_decode_allowed
 
 log = logging.getLogger(__name__)
 
-KINDS = ("mamba", "mamba2", "mlp", "moe", "attention", "shared", "rglru")  # the fused kernels a step may name
-_MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION, _SHARED, _RGLRU = range(len(KINDS))
+KINDS = ("mamba", "mamba2", "mlp", "moe", "attention", "shared", "rglru", "hyena")  # the kernels a step may name
+_MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION, _SHARED, _RGLRU, _HYENA = range(len(KINDS))
 _WITH_CACHE = ("attention", "shared")  # kinds that write a KV cache slot per token
 
 
@@ -91,6 +92,7 @@ _mamba = _sublayer_call(mamba_step_cpu._sublayer_step)
 _mamba2 = _sublayer_call(mamba2_step_cpu._sublayer_step)
 _mlp = _sublayer_call(decode_cpu._mlp_step)
 _moe = _sublayer_call(moe_decode_cpu._moe_token)
+_hyena = _sublayer_call(hyena_step_cpu._sublayer_step)
 
 
 def _rglru(x, steps, j, positions, out):
@@ -165,7 +167,7 @@ def _shared_typed(x, embedded, steps, j, positions, place, out):
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _run(
     ids, embedding, embedding_scale, positions, places, order, mamba, mamba2, mlp, moe, attention, shared, rglru,
-    head, logits,
+    hyena, head, logits,
 ):  # fmt: skip
     """order (L, 4): each sub-layer's kind, its index in that kind's list, its row of places (-1 for
     none) and whether its output feeds the next mixer (model.py: x + t is the next one's input, x is
@@ -202,8 +204,10 @@ def _run(
             _attention(source, embedded, attention, j, positions, places[place], out)
         elif kind == _SHARED:
             _shared(source, embedded, shared, j, positions, places[place], out)
-        else:
+        elif kind == _RGLRU:
             _rglru(source, rglru, j, positions, out)
+        else:
+            _hyena(source, hyena, j, out)
         feeding = feeds != 0
         if feeding:
             fed[:] = out
