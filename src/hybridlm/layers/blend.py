@@ -100,6 +100,24 @@ class Blend(Mixer):
         alpha = self.alpha.to(x.dtype)
         return alpha * ssm_out + (1 - alpha) * attention_out
 
+    def decode_program_step(self, norm, state: BlendState | None, batch: int, shared: dict):
+        """Both parts' steps in a whole-step decode (ops/decode_program.py), their outputs scaled by alpha
+        and 1 - alpha and summed; None unless both parts have one."""
+        if state is None or not all(hasattr(part, "decode_program_step") for part in (self.ssm, self.attention)):
+            return None
+        ssm = self.ssm.decode_program_step(norm, state.ssm, batch, shared)
+        attention = self.attention.decode_program_step(norm, state.attention, batch, shared)
+        if ssm is None or attention is None:
+            return None
+        from ..ops.decode_cpu import DecodeWeights
+        from ..ops.decode_program import ProgramStep
+
+        with torch.no_grad():
+            alpha = self.alpha.float()  # as `forward` mixes them, in float32
+            scales = [alpha.numpy(), (1 - alpha).numpy()]
+        held = DecodeWeights([self.alpha_logit], derived_from=(self.alpha_logit,))
+        return ProgramStep("parts", (), [held], parts=list(zip((ssm, attention), scales)))
+
     def flops(self, seq_len: int) -> Flops:
         return self.ssm.flops(seq_len) + self.attention.flops(seq_len)
 

@@ -140,7 +140,7 @@ def program_step(attention, norm, cache):
     rope_heads = attention.n_heads + attention.n_kv_heads
     args = (norm_weight, eps, offset, matrices, biases, width, inv_freq, attention.head_dim, rope_heads, *attend[1])
     views = attend[2] + ([] if rope is None else [(rope, "inv_freq")])
-    return ProgramStep("attention", args, [inputs[0], attend[0]], views)
+    return ProgramStep("attention", args, [inputs[0], attend[0]], views, kv_cache=cache)
 
 
 def cache_arguments(attention, cache) -> tuple | None:

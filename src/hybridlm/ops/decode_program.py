@@ -7,25 +7,25 @@ Called one sub-layer at a time (ops/decode_cpu.py and the other `*_step_cpu.py` 
 still pays the module calls, the checks and the numpy views around each kernel: 0.9-1.4 ms of a
 3.2-3.8 ms step at the small presets here (mamba, transformer, jamba), most of it because the
 interpreter's own code and data come back cold after every kernel has streamed a layer's weights.
-A `DecodeProgram` asks each
-sub-layer once for its `ProgramStep` (the kernel it runs and that kernel's arguments: weight views
-and views of its cache state), keeps them in one typed list per kernel, and runs
+A `DecodeProgram` asks each sub-layer once for its `ProgramStep` (the kernel it runs and that
+kernel's arguments: weight views and views of its cache state), keeps them in one typed list per
+kernel, and runs
 
     x = E[token] * embedding_scale
     x = x + Sublayer_l(x)         l = 1 .. L, each by its kernel (KINDS)
     logits = W_head RMSNorm(x)
 
-in one call (a sub-layer whose output feeds the next mixer, Zamba's shared block, hands x + t to
-it and leaves x alone, as model.py does). Per token the Python side only checks that nothing it
-views moved (a parameter or a state tensor replaced, a derived copy's source changed, a module
-registered, a hook added), asks each KV cache for its slot, and counts the token. It applies where
-every sub-layer has a step: padding stored in a KV cache, RoPE on a shared block, or a mixer
-without `decode_program_step` (the alpha-blend) leaves the token to the per-sub-layer path.
-Both give the same logits: bit for bit where a step calls the sub-layer path's own kernel, within
-float32 rounding for the RG-LRU and Hyena blocks (their linears on the GEMV here, torch's there).
+in one call, as model.py composes them: a sub-layer whose output feeds the next mixer (Zamba's
+shared block) hands x + t to it and leaves x alone; the alpha-blend's two parts read the same
+input and add alpha o SSM + (1 - alpha) o attention. Per token the Python side only checks that
+nothing it views moved (a parameter or a state tensor replaced, a derived copy's source changed, a
+module registered, a hook added), asks each KV cache for its slot, and counts the token. Padding
+stored in a KV cache, RoPE on a shared block, or a mixer without `decode_program_step` leaves the
+token to the per-sub-layer path. Both give the same logits: bit for bit where a step calls the
+sub-layer path's own kernel, within float32 rounding for the RG-LRU and Hyena blocks (their
+linears on the GEMV here, torch's there) and the alpha-blend (its norm computed in each part).
 
-numba's disk cache follows this file only: after editing a kernel it calls, delete
-ops/__pycache__/decode_program*.nb* too.
+The numba side is ops/decode_program_kernels.py.
 """
 
 from __future__ import annotations
@@ -36,27 +36,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from numba import njit, typed, typeof, types
-from numba.extending import overload
+from numba import typeof
 
-from . import (
-    attention_decode_cpu,
-    decode_cpu,
-    hyena_step_cpu,
-    mamba2_step_cpu,
-    mamba_step_cpu,
-    moe_decode_cpu,
-    rglru_step_cpu,
-    shared_step_cpu,
-)
+from . import decode_cpu
 from .decode_cpu import DecodeWeights, weight_view
+from .decode_program_kernels import KINDS, appended, listed
+from .decode_program_kernels import run as _run
 from .dispatch import fused_decode_allowed
 
 log = logging.getLogger(__name__)
-
-KINDS = ("mamba", "mamba2", "mlp", "moe", "attention", "shared", "rglru", "hyena")  # the kernels a step may name
-_MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION, _SHARED, _RGLRU, _HYENA = range(len(KINDS))
-_WITH_CACHE = ("attention", "shared")  # kinds that write a KV cache slot per token
 
 
 @dataclass
@@ -64,174 +52,16 @@ class ProgramStep:
     """One sub-layer in a program: `kind` (one of KINDS) names its kernel, `args` the kernel's arguments
     between its input and its output (for attention, before the token's positions and slot), `weights`
     the DecodeWeights its views come from and `views` the (holder, attribute) of each other tensor it
-    views (cache states, which `select` and growing replace; buffers)."""
+    views (cache states, which `select` and growing replace; buffers); `kv_cache` the KVCache whose
+    slot it writes. A sub-layer of parallel parts (the alpha-blend) has kind "parts" and `parts`:
+    (step, scale) pairs that read the same input, their outputs scaled per channel and summed."""
 
     kind: str
     args: tuple
     weights: list
     views: list = field(default_factory=list)
-
-
-# ---- the kernels, by kind (a kind absent from the model is None and compiles to nothing) -------------------
-def _sublayer_call(kernel):
-    """A jitted `call(x, steps, j, out)`: kernel(x, *steps[j], out), or nothing when steps is None."""
-
-    def call(x, steps, j, out):
-        raise NotImplementedError  # replaced inside jitted code by the overload below
-
-    @overload(call, inline="always")
-    def _typed(x, steps, j, out):
-        if isinstance(steps, types.NoneType):
-            return lambda x, steps, j, out: None
-        return lambda x, steps, j, out: kernel(x, *steps[j], out)
-
-    return call
-
-
-_mamba = _sublayer_call(mamba_step_cpu._sublayer_step)
-_mamba2 = _sublayer_call(mamba2_step_cpu._sublayer_step)
-_mlp = _sublayer_call(decode_cpu._mlp_step)
-_moe = _sublayer_call(moe_decode_cpu._moe_token)
-_hyena = _sublayer_call(hyena_step_cpu._sublayer_step)
-
-
-def _rglru(x, steps, j, positions, out):
-    raise NotImplementedError  # replaced inside jitted code by the overload below
-
-
-@overload(_rglru, inline="always")
-def _rglru_typed(x, steps, j, positions, out):
-    if isinstance(steps, types.NoneType):
-        return lambda x, steps, j, positions, out: None
-    return lambda x, steps, j, positions, out: rglru_step_cpu._sublayer_step(x, *steps[j], positions, out)
-
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _attention_token(
-    x, norm_weight, eps, offset, matrices, biases, width, inv_freq, head_dim, rope_heads,
-    keys, values, slot_positions, heads, scale, o_weight, o_bias, positions, attended, slot, out,
-):  # fmt: skip
-    """layers/attention.py `decode_token`'s fused path: [q | k | v] of RMSNorm(x), RoPE on q and k (when
-    inv_freq is not empty), then the cache write, attention and o_proj (ops/attention_decode_cpu.py)."""
-    qkv = np.empty((x.shape[0], width), np.float32)
-    decode_cpu._norm_project(x, norm_weight, eps, offset, matrices, biases, qkv)
-    if inv_freq.size:
-        decode_cpu._rope_in_place(qkv, positions, inv_freq, head_dim, rope_heads)
-    attention_decode_cpu._attend_token(
-        qkv, keys, values, slot_positions, positions, attended, slot, heads, scale, o_weight, o_bias, out
-    )
-
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _shared_token(x, embedded, projection, width, attend, after, positions, attended, slot, out):
-    """layers/shared.py `decode_token`'s fused path: [q | k | v] of RMSNorm([x | e]) with the site's LoRA
-    deltas, the block's attention (cache write, softmax, o_proj), then its MLP and the site's linear
-    (ops/shared_step_cpu.py)."""
-    qkv = np.empty((x.shape[0], width), np.float32)
-    shared_step_cpu._project(x, embedded, *projection, qkv)
-    attention_out = np.empty_like(x)
-    attention_decode_cpu._attend_token(qkv, *attend[:3], positions, attended, slot, *attend[3:], attention_out)
-    shared_step_cpu._after_attention(attention_out, *after, out)
-
-
-def _attention(x, embedded, steps, j, positions, place, out):
-    raise NotImplementedError  # replaced inside jitted code by the overload below
-
-
-@overload(_attention, inline="always")
-def _attention_typed(x, embedded, steps, j, positions, place, out):
-    if isinstance(steps, types.NoneType):
-        return lambda x, embedded, steps, j, positions, place, out: None
-
-    def call(x, embedded, steps, j, positions, place, out):
-        _attention_token(x, *steps[j], positions, place[0], place[1], out)
-
-    return call
-
-
-def _shared(x, embedded, steps, j, positions, place, out):
-    raise NotImplementedError  # replaced inside jitted code by the overload below
-
-
-@overload(_shared, inline="always")
-def _shared_typed(x, embedded, steps, j, positions, place, out):
-    if isinstance(steps, types.NoneType):
-        return lambda x, embedded, steps, j, positions, place, out: None
-
-    def call(x, embedded, steps, j, positions, place, out):
-        _shared_token(x, embedded, *steps[j], positions, place[0], place[1], out)
-
-    return call
-
-
-@njit(fastmath=True, error_model="numpy", cache=True)
-def _run(
-    ids, embedding, embedding_scale, positions, places, order, mamba, mamba2, mlp, moe, attention, shared, rglru,
-    hyena, head, logits,
-):  # fmt: skip
-    """order (L, 4): each sub-layer's kind, its index in that kind's list, its row of places (-1 for
-    none) and whether its output feeds the next mixer (model.py: x + t is the next one's input, x is
-    unchanged); places (KV caches, 2): each cache's (slots attended, slot written) for this token."""
-    batch, width = ids.shape[0], embedding.shape[1]
-    for row in range(batch):  # before anything is written
-        if ids[row] < 0 or ids[row] >= embedding.shape[0]:
-            raise IndexError("token id out of the vocabulary")
-    x = np.empty((batch, width), np.float32)
-    for row in range(batch):
-        for i in range(width):
-            x[row, i] = embedding[ids[row], i] * embedding_scale
-    embedded = x.copy()  # e, what Zamba's shared block reads beside x
-    out = np.empty_like(x)
-    fed = np.zeros_like(x)  # x + t, the input after a sub-layer that feeds the next mixer
-    feeding = False
-    for layer in range(order.shape[0]):
-        kind, j, place, feeds = order[layer, 0], order[layer, 1], order[layer, 2], order[layer, 3]
-        source = x
-        if feeding:
-            for row in range(batch):
-                for i in range(width):
-                    fed[row, i] += x[row, i]
-            source = fed
-        if kind == _MAMBA:
-            _mamba(source, mamba, j, out)
-        elif kind == _MAMBA2:
-            _mamba2(source, mamba2, j, out)
-        elif kind == _MLP:
-            _mlp(source, mlp, j, out)
-        elif kind == _MOE:
-            _moe(source, moe, j, out)
-        elif kind == _ATTENTION:
-            _attention(source, embedded, attention, j, positions, places[place], out)
-        elif kind == _SHARED:
-            _shared(source, embedded, shared, j, positions, places[place], out)
-        elif kind == _RGLRU:
-            _rglru(source, rglru, j, positions, out)
-        else:
-            _hyena(source, hyena, j, out)
-        feeding = feeds != 0
-        if feeding:
-            fed[:] = out
-        else:
-            for row in range(batch):
-                for i in range(width):
-                    x[row, i] += out[row, i]
-    decode_cpu._norm_project(x, *head, logits)
-
-
-@njit(cache=True)
-def _listed(item):
-    """A typed List holding `item`. Made here, and grown by `_appended`, so that the list's methods are
-    compiled into these cached functions: called from Python, typed.List compiles each of its methods
-    for every item type in every process (~2.5 s before a model's first token)."""
-    items = typed.List()
-    items.append(item)
-    return items
-
-
-@njit(cache=True)
-def _appended(items, item):
-    items.append(item)
-    return items
+    kv_cache: object = None
+    parts: list = field(default_factory=list)
 
 
 # ---- the program ------------------------------------------------------------------------------------
@@ -246,22 +76,11 @@ class DecodeProgram:
         scale = model.config.embedding_scale
         self.embedding_scale = np.float32(1.0 if scale is None else model._embedding_scale(torch.float32).item())
         self.head = head
-        lists: dict = {}  # kind -> typed List of its steps' arguments
-        counts = dict.fromkeys(KINDS, 0)
-        order = np.empty((len(steps), 4), np.int64)
-        self.kv_caches = []
-        for index, (layer, step) in enumerate(zip(model.layers, steps)):
-            lists[step.kind] = _appended(lists[step.kind], step.args) if step.kind in lists else _listed(step.args)
-            place = len(self.kv_caches) if step.kind in _WITH_CACHE else -1
-            order[index] = KINDS.index(step.kind), counts[step.kind], place, layer.feeds_next_mixer
-            counts[step.kind] += 1
-            if place >= 0:
-                self.kv_caches.append(cache.states[index])
-        self.order = order
-        self.lists = tuple(lists.get(kind) for kind in KINDS)
+        self._lay_out(model, steps)
         self.places = np.zeros((max(len(self.kv_caches), 1), 2), np.int64)
         moes = [(model.layers[i].mixer, step) for i, step in enumerate(steps) if step.kind == "moe"]
         self.routed = [(moe, step.args[-2], step.args[-1]) for moe, step in moes]  # probabilities, chosen
+        steps = [call for step in steps for call, _ in _calls(step)] + [step for step in steps if step.parts]
         held = [weights for step in steps for weights in step.weights] + [head_weights]
         self.weights = DecodeWeights(
             [embedding, *(t for weights in held for t in weights.tensors)],
@@ -270,6 +89,28 @@ class DecodeProgram:
         self.states = list(cache.states)  # held, so that no other state object can take one of their ids
         self.viewed = [view for step in steps for view in step.views]
         self.pointers = self._pointers(cache)
+
+    def _lay_out(self, model, steps: list) -> None:
+        """The kernel calls in order (`_run`'s `order`), the typed lists of their arguments, the scales
+        of parts and the KV caches written, from each sub-layer's step."""
+        lists: dict = {}  # kind -> typed List of its calls' arguments
+        counts = dict.fromkeys(KINDS, 0)
+        order, scales, self.kv_caches = [], [], []
+        for layer, step in zip(model.layers, steps):
+            calls = _calls(step)
+            for number, (call, scale) in enumerate(calls):
+                lists[call.kind] = appended(lists[call.kind], call.args) if call.kind in lists else listed(call.args)
+                place = -1 if call.kv_cache is None else len(self.kv_caches)
+                scale_row = -1 if scale is None else len(scales)
+                self.kv_caches += [] if call.kv_cache is None else [call.kv_cache]
+                scales += [] if scale is None else [scale]
+                holds = number < len(calls) - 1
+                feeds = layer.feeds_next_mixer
+                order.append((KINDS.index(call.kind), counts[call.kind], place, feeds, scale_row, holds))
+                counts[call.kind] += 1
+        self.order = np.array(order, np.int64).reshape(-1, 6)
+        self.scales = np.stack(scales) if scales else np.zeros((0, model.config.d_model), np.float32)
+        self.lists = tuple(lists.get(kind) for kind in KINDS)
 
     def _pointers(self, cache) -> list:
         """Where each viewed tensor lives now, and which state objects the cache holds."""
@@ -295,7 +136,7 @@ class DecodeProgram:
         logits = np.empty((self.batch, self.vocab), np.float32)
         _run(
             input_ids.reshape(-1).numpy(), self.embedding, self.embedding_scale, cache.seen.numpy(), self.places,
-            self.order, *self.lists, self.head, logits,
+            self.scales, self.order, *self.lists, self.head, logits,
         )  # fmt: skip
         for kv_cache in self.kv_caches:
             kv_cache.length += 1
@@ -303,6 +144,11 @@ class DecodeProgram:
             moe._routing = (torch.from_numpy(probs.copy()), torch.from_numpy(chosen.copy()), None)
         cache.seen = cache.seen + 1
         return torch.from_numpy(logits).view(self.batch, 1, self.vocab)
+
+
+def _calls(step: ProgramStep) -> list:
+    """The kernel calls of a sub-layer's step: (step, None), or its parts' (step, scale)."""
+    return step.parts or [(step, None)]
 
 
 class _Stale(Exception):
@@ -321,9 +167,9 @@ def build_program(model, cache) -> DecodeProgram | None:
             return None
         steps.append(step)
     item_types = {}
-    for step in steps:  # one typed list per kind: its steps' arguments must have one type
-        if item_types.setdefault(step.kind, typeof(step.args)) != typeof(step.args):
-            log.debug("no decode program: %s steps whose arguments differ in type", step.kind)
+    for call in [call for step in steps for call, _ in _calls(step)]:  # one typed list per kind: one type
+        if item_types.setdefault(call.kind, typeof(call.args)) != typeof(call.args):
+            log.debug("no decode program: %s steps whose arguments differ in type", call.kind)
             return None
     norm, lm_head = model.final_norm, model.lm_head
     entry = decode_cpu.cached_entry(model, lambda _: decode_cpu.projection_weights(norm, (lm_head,)), norm)

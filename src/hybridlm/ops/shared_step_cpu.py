@@ -96,7 +96,7 @@ def program_step(site, block, cache):
 
     held, (projection, after) = entry
     args = (projection[:-1], projection[-1], attend[1], after)
-    return ProgramStep("shared", args, [held, attend[0]], attend[2])
+    return ProgramStep("shared", args, [held, attend[0]], attend[2], kv_cache=cache)
 
 
 def _adapter_views(adapter) -> tuple:
