@@ -33,13 +33,13 @@ def _add_one(sums, at, first, product):
 
 def _backward(
     x, dt, A, B, C, D, checkpoints, grad_y, grad_final, chunk,
-    grad_x, grad_dt, grad_A, grad_B, grad_C, grad_D, grad_h0,
+    grad_x, grad_dt, grad_A, head_grad_B, head_grad_C, grad_D, grad_h0, grad_B, grad_C,
 ):  # fmt: skip
     batch, length, heads, head_dim = x.shape
     groups, d_state = B.shape[2], B.shape[3]
     per_group = heads // groups
     n_chunks = checkpoints.shape[1] - 1
-    flat_gy, flat_gx, flat_gB, flat_gC = grad_y.reshape(-1), grad_x.reshape(-1), grad_B.reshape(-1), grad_C.reshape(-1)
+    flat_gy, flat_gB, flat_gC = grad_y.reshape(-1), head_grad_B.reshape(-1), head_grad_C.reshape(-1)
     x_strides = (x.strides[0] // 4, x.strides[1] // 4, x.strides[2] // 4)  # x, B, C may be strided views
     state_strides = (B.strides[0] // 4, B.strides[1] // 4, B.strides[2] // 4)
     for job in prange(batch * heads):
@@ -80,7 +80,7 @@ def _backward(
             carry = decays[0]  # grad_h holds dL/dh_{t0}; dL/dh_{t0-1} = decay_{t0} * that, applied lazily
             grad_A_chunk, grad_D_chunk = _chunk_finish(
                 x, dt, B, C, x_strides, state_strides, D_h, A_h, flat_gy, b, g, head, t0, steps, outside,
-                grad_drives, sums_B, sums_C, flat_gB, flat_gC, flat_gx, grad_dt, head_dim, d_state,
+                grad_drives, sums_B, sums_C, flat_gB, flat_gC, grad_x, grad_dt, head_dim, d_state,
             )  # fmt: skip
             grad_A_total += grad_A_chunk
             grad_D_total += grad_D_chunk
@@ -89,6 +89,33 @@ def _backward(
         grad_h0[b, head] = grad_h
         grad_A[b, head] = grad_A_total
         grad_D[b, head] = grad_D_total
+    for token in prange(batch * length):  # after every head is done: sum each group's heads
+        _sum_over_heads(flat_gB, grad_B, token, length, heads)
+        _sum_over_heads(flat_gC, grad_C, token, length, heads)
+
+
+@njit(inline="always")
+def _sum_over_heads(flat_per_head, out, token, length, heads):
+    """out[b, t, g] = sum over the heads of group g of per_head[b, t, head, :n] for token = b l + t,
+    from the flat per-head gradients (b, l, h, n'); a group's heads are adjacent. out (b, l, g, n)
+    may be a strided view (columns of the conv's gradient)."""
+    b, t = token // length, token % length
+    groups, d_state = out.shape[2], out.shape[3]
+    per_group, wide_n = heads // groups, flat_per_head.size // (out.shape[0] * length * heads)
+    whole = d_state - d_state % LANES
+    for g in range(groups):
+        first = (token * heads + g * per_group) * wide_n
+        at_out = b * (out.strides[0] // 4) + t * (out.strides[1] // 4) + g * (out.strides[2] // 4)
+        for k0 in range(0, whole, LANES):
+            total = simd.load(flat_per_head, first + k0)
+            for j in range(1, per_group):
+                total = total + simd.load(flat_per_head, first + j * wide_n + k0)
+            simd.store(out, at_out + k0, total)
+        for k in range(whole, d_state):
+            value = flat_per_head[first + k]
+            for j in range(1, per_group):
+                value += flat_per_head[first + j * wide_n + k]
+            out[b, t, g, k] = value
 
 
 @njit(inline="always")
@@ -184,7 +211,7 @@ def _chunk_grad_h(
 @njit(inline="always")
 def _chunk_finish(
     x, dt, B, C, x_strides, state_strides, D_h, A_h, flat_gy, b, g, head, t0, steps, outside,
-    grad_drives, sums_B, sums_C, flat_gB, flat_gC, flat_gx, grad_dt, head_dim, d_state,
+    grad_drives, sums_B, sums_C, flat_gB, flat_gC, grad_x, grad_dt, head_dim, d_state,
 ):  # fmt: skip
     """Per token of the chunk, last first: fold the partial sums into dL/dB_t and dL/dC_t, then dL/dx,
     dL/ddt and the chunk's shares of dL/dA and dL/dD. The decay's gradient needs no stored states:
@@ -220,11 +247,12 @@ def _chunk_finish(
             b * x_strides[0] + t * x_strides[1] + head * x_strides[2],
             ((b * length + t) * heads + head) * head_dim,
         )
+        gx_row = b * (grad_x.strides[0] // 4) + t * (grad_x.strides[1] // 4) + head * (grad_x.strides[2] // 4)
         grad_dt_t, grad_D_t = zero, zero
         for c0 in range(0, head_dim, LANES):
             grad_drive = simd.load(grad_drives, i * head_dim + c0)
             x_c, g_y = simd.load(x, x_row + c0), simd.load(flat_gy, out_row + c0)
-            simd.store(flat_gx, out_row + c0, simd.fma(g_y, simd.splat(D_h), simd.splat(dt_t) * grad_drive))
+            simd.store(grad_x, gx_row + c0, simd.fma(g_y, simd.splat(D_h), simd.splat(dt_t) * grad_drive))
             grad_dt_t = simd.fma(x_c, grad_drive, grad_dt_t)
             grad_D_t = simd.fma(g_y, x_c, grad_D_t)
         grad_dt[b, t, head] = simd.total(grad_dt_t) + np.float32(grad_log_decay) * A_h
