@@ -197,7 +197,11 @@ class Mamba2(Mixer):
         }
 
     def _parts_hooked(self) -> bool:
-        """Hooks on the conv or the norm: they must see those modules run (the fused op skips them)."""
+        """Hooks on the conv or the norm, or global ones: they must see those modules run (the fused
+        op skips them)."""
+        hooks = nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return True
         return any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv, self.norm))
 
     def decode_token(self, u: torch.Tensor, norm, state: ConvSSMState | None, ctx: Context) -> torch.Tensor | None:
