@@ -4,7 +4,8 @@ Glossary (as in ssd.py): b batch, l tokens, h heads, p head dim, g groups sharin
 n state size, q checkpoint chunk; a tile is 4 state rows k by 64 channels c (four simd vectors)
 when p is a multiple of 64, else by 32 (two). The wider tile writes its lane partial sums once per
 row instead of adding to them, and adds into dL/d(dt x) half as often: 13.4 -> 9.1 ms for
-(b, l, h, p, n) = (2, 1024, 8, 64, 64) on one AVX-512 core (32 vector registers).
+(b, l, h, p, n) = (2, 1024, 8, 64, 64) on one AVX-512 core (32 vector registers); compiled for
+AVX2 (NUMBA_CPU_NAME=haswell, 16 registers) both tiles take 17.3-17.8 ms.
 
 The chunks run in reverse. Per tile, `_chunk_grad_C` recomputes the chunk's states from the
 chunk's checkpoint in registers (no stored states) and `_chunk_grad_h` runs the reverse recurrence
