@@ -2,6 +2,8 @@
 
 import torch
 
+from hybridlm.ops import decode_program
+
 AS_LONG_AS_THE_TOKENS = object()
 
 
@@ -26,7 +28,10 @@ def perturbed(model):
 
 
 def count_calls(monkeypatch, targets: dict) -> dict:
-    """Wrap each `targets[label] = (module, name)` function so it counts its calls: {label: calls so far}."""
+    """Wrap each `targets[label] = (module, name)` function so it counts its calls: {label: calls so far}.
+    The kernels then run sub-layer by sub-layer: the whole-step program (ops/decode_program.py), which
+    calls them inside one numba call, is turned off."""
+    monkeypatch.setattr(decode_program, "decode_logits", lambda *args: None)
     counts = dict.fromkeys(targets, 0)
 
     def counting(label, fn):

@@ -40,6 +40,13 @@ class Sublayer(nn.Module):
         # a mixer with `decode_token` can run norm + mixer for one decoded token in one fused call
         self.fused_decode = self.norm is not None and hasattr(self.mixer, "decode_token")
 
+    def program_step(self, state, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None where its mixer
+        has no `decode_program_step`; `shared`: the model's shared modules (as `Context.shared`)."""
+        if not hasattr(self.mixer, "decode_program_step"):
+            return None
+        return self.mixer.decode_program_step(self.norm, state, batch, shared)
+
     def forward(self, x: torch.Tensor, state, ctx: Context) -> torch.Tensor:
         if self.fused_decode and ctx.valid is None:
             out = self.mixer.decode_token(x, self.norm, state, ctx)
@@ -116,6 +123,9 @@ class HybridLM(nn.Module):
         valid = None if attention_mask is None else attention_mask.to(torch.bool)
         if valid is not None and bool(valid.all()):
             valid = None
+        logits = self._whole_step(input_ids, cache) if cache is not None and valid is None else None
+        if logits is not None:
+            return self._softcap(logits)
         positions = self._positions(input_ids, cache, valid)
         x = self.embed_tokens(input_ids)
         if self.config.embedding_scale is not None:
@@ -140,10 +150,22 @@ class HybridLM(nn.Module):
         logits = self._fused_head(x) if fused_decode_applies(x, self.final_norm, self.lm_head) else None
         if logits is None:
             logits = self.lm_head(self.final_norm(x))
+        return self._softcap(logits)
+
+    def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
         if self.config.logit_softcap:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+    def _whole_step(self, input_ids: torch.Tensor, cache: Cache) -> torch.Tensor | None:
+        """Logits of one decoded token per row by one fused call for the whole model (ops/decode_program.py),
+        the cache updated; None where that does not apply (the sub-layers then run one by one)."""
+        if input_ids.shape[1] != 1 or not input_ids.is_cpu:
+            return None
+        from .ops import decode_program
+
+        return decode_program.decode_logits(self, cache, input_ids)
 
     def _fused_head(self, x: torch.Tensor) -> torch.Tensor | None:
         """lm_head(final_norm(x)) for one token in one fused call (ops/decode_cpu.py), or None."""

@@ -187,6 +187,15 @@ class Attention(Mixer):
         q, k, v = qkv.split([p.out_features for p in projections], dim=-1)
         return self.attend(q, k, v, state, ctx, rotated=True)
 
+    def decode_program_step(self, norm, state, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None: where
+        `decode_token` fuses (a KV cache, no short conv); a cache slot that needs a mask is found per token."""
+        if not isinstance(state, KVCache) or self.short_conv is not None:
+            return None
+        from ..ops import attention_decode_cpu
+
+        return attention_decode_cpu.program_step(self, norm, state)
+
     def attend(self, q, k, v, state, ctx: Context, rotated: bool = False) -> torch.Tensor:
         """Projected q (B, N, H D), k and v (B, N, H_kv D) -> o_proj of the attention output (B, N, d_out);
         `rotated`: RoPE is already applied to q and k."""

@@ -45,19 +45,40 @@ from .mixing import MixingOperator, chunk_groups, lower_triangle, segment_sums
 from .norm import RMSNorm
 
 
+def _sublayer_entry(mixer, norm, state, step_module) -> tuple | None:
+    """(DecodeWeights, views) of a conv + SSM mixer's fused sub-layer (`step_module.sublayer_weights`),
+    or None where its states or weights cannot be viewed in place."""
+    if state is None or not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
+        return None
+    from ..ops import decode_cpu
+
+    return decode_cpu.cached_entry(mixer, lambda m: step_module.sublayer_weights(norm, m), norm)
+
+
 def fused_sublayer_decode(mixer, u: torch.Tensor, norm, state, step_module) -> torch.Tensor | None:
     """A conv + SSM mixer's (Mamba, Mamba-2) `decode_token`: its pre-normed sub-layer for one token
     by `step_module` (its `sublayer_weights` and `_sublayer_step` kernel), states updated in place."""
     if state is None or not fused_decode_applies(u, mixer, norm):
         return None
-    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in (state.conv, state.ssm)):
+    entry = _sublayer_entry(mixer, norm, state, step_module)
+    if entry is None:
         return None
     from ..ops import decode_cpu
 
-    weights = decode_cpu.cached_weights(mixer, lambda m: step_module.sublayer_weights(norm, m), norm)
-    if weights is None:
+    return decode_cpu.conv_ssm_sublayer(step_module._sublayer_step, u, state.conv, state.ssm, entry[1])
+
+
+def sublayer_program_step(mixer, norm, state, step_module, kind: str):
+    """A conv + SSM mixer's `decode_program_step` (ops/decode_program.py): its fused sub-layer's
+    arguments, the states viewed in place; None where it does not apply."""
+    entry = _sublayer_entry(mixer, norm, state, step_module)
+    if entry is None:
         return None
-    return decode_cpu.conv_ssm_sublayer(step_module._sublayer_step, u, state.conv, state.ssm, weights)
+    from ..ops.decode_program import ProgramStep
+
+    held, (before_conv, before_ssm, projection) = entry
+    args = (*before_conv, state.conv.numpy(), *before_ssm, state.ssm.numpy(), *projection)
+    return ProgramStep(kind, args, [held], [(state, "conv"), (state, "ssm")])
 
 
 @dataclass
@@ -184,6 +205,12 @@ class Mamba(Mixer):
         from ..ops import mamba_step_cpu
 
         return fused_sublayer_decode(self, u, norm, state, mamba_step_cpu)
+
+    def decode_program_step(self, norm, state: ConvSSMState | None, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None."""
+        from ..ops import mamba_step_cpu
+
+        return sublayer_program_step(self, norm, state, mamba_step_cpu, "mamba")
 
     def scan_inputs(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
         """Everything up to the scan: x (b, l, d_in) after conv and SiLU, gate z, dt (b, l, d_in), B and C

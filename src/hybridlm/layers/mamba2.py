@@ -39,7 +39,7 @@ from .base import (
 )
 from .context import Context
 from .conv import CausalConv1d
-from .mamba import ConvSSMState, fused_sublayer_decode
+from .mamba import ConvSSMState, fused_sublayer_decode, sublayer_program_step
 from .mixing import MixingOperator, chunk_groups, lower_triangle, segment_sums
 
 
@@ -210,6 +210,12 @@ class Mamba2(Mixer):
         from ..ops import mamba2_step_cpu
 
         return fused_sublayer_decode(self, u, norm, state, mamba2_step_cpu)
+
+    def decode_program_step(self, norm, state: ConvSSMState | None, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None."""
+        from ..ops import mamba2_step_cpu
+
+        return sublayer_program_step(self, norm, state, mamba2_step_cpu, "mamba2")
 
     def _step_weights(self) -> dict:
         return {

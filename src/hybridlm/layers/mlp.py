@@ -100,6 +100,14 @@ class MLP(TokenwiseMixer):
         weights = decode_cpu.cached_weights(self, lambda mlp: decode_cpu.mlp_weights(norm, mlp), norm)
         return None if weights is None else decode_cpu.mlp_step(x, weights)
 
+    def decode_program_step(self, norm, state, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None."""
+        from ..ops import decode_cpu
+        from ..ops.decode_program import ProgramStep
+
+        entry = decode_cpu.cached_entry(self, lambda mlp: decode_cpu.mlp_weights(norm, mlp), norm)
+        return None if entry is None else ProgramStep("mlp", entry[1], [entry[0]])
+
     def flops(self, seq_len: int) -> Flops:
         """Its two or three linears per token; nothing along the sequence."""
         linears = [self.up_proj, self.down_proj] + ([self.gate_proj] if self.gate_proj is not None else [])

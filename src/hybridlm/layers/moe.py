@@ -144,6 +144,17 @@ class MoE(TokenwiseMixer):
         self._routing = (probs, top_experts, None)
         return output
 
+    def decode_program_step(self, norm, state, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None: as `decode_token`,
+        none when rows x top-k exceed the experts."""
+        if batch * self.top_k > self.n_experts:
+            return None
+        from ..ops.decode_program import ProgramStep
+        from ..ops.moe_decode_cpu import token_arguments
+
+        entry = token_arguments(self, norm, batch)
+        return None if entry is None else ProgramStep("moe", entry[1], [entry[0]])
+
     def _few_tokens(self, tokens: torch.Tensor, top_probs: torch.Tensor, top_experts: torch.Tensor) -> torch.Tensor:
         """Decoding: each of the T * K chosen (token, expert) pairs directly, no search over experts."""
         rows = []

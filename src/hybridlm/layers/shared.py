@@ -186,6 +186,19 @@ class SharedAttention(Mixer):
             attended = attention.attend(q, k, v, state, ctx)
         return shared_step_cpu.after_attention(attended, after)
 
+    def decode_program_step(self, norm, state, batch: int, shared: dict):
+        """This call site's step in a whole-step decode (ops/decode_program.py), or None: where
+        `decode_token` fuses every part (a KV cache, no RoPE or short conv on the block's attention)."""
+        block = shared[self.shared_attribute][self.block_index]
+        attention = block.attention
+        if norm is not None or not isinstance(state, KVCache) or attention.short_conv is not None:
+            return None
+        if attention.rope is not None:
+            return None
+        from ..ops import shared_step_cpu
+
+        return shared_step_cpu.program_step(self, block, state)
+
     def _after_attention(self, block: SharedBlock, attended: torch.Tensor) -> torch.Tensor:
         normed = block.ff_norm(attended)
         delta = self.mlp_adapter(normed) if self.mlp_adapter is not None else None

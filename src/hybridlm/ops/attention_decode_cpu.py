@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from numba import njit
 
-from .decode_cpu import DecodeWeights, cached_weights, gemv_into, viewable, weight_view
+from .decode_cpu import (
+    DecodeWeights,
+    cached_entry,
+    cached_weights,
+    gemv_into,
+    projection_weights,
+    viewable,
+    weight_view,
+)
 from .numba_support import exp_nonpositive
 
 
@@ -110,3 +118,39 @@ def attend_token(attention, qkv: torch.Tensor, cache, positions: torch.Tensor) -
     )
     cache.length += 1
     return torch.from_numpy(out).view(batch, 1, -1)
+
+
+def program_step(attention, norm, cache):
+    """The attention sub-layer's step in a whole-step decode (ops/decode_program.py `_attention_token`):
+    the norm, [q | k | v] and o_proj views, RoPE's inverse frequencies (empty without RoPE) and the
+    KV cache's tensors viewed in place; None where `decode_token`'s fused path would not run."""
+    rope = attention.rope
+    if rope is not None and not viewable(rope.inv_freq):
+        return None
+    projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+    inputs = cached_entry(attention, lambda _: projection_weights(norm, projections), norm)
+    attend = cache_arguments(attention, cache)
+    if inputs is None or attend is None:
+        return None
+    from .decode_program import ProgramStep
+
+    norm_weight, eps, offset, matrices, biases, width = inputs[1]
+    inv_freq = np.zeros(0, np.float32) if rope is None else weight_view(rope.inv_freq)
+    rope_heads = attention.n_heads + attention.n_kv_heads
+    args = (norm_weight, eps, offset, matrices, biases, width, inv_freq, attention.head_dim, rope_heads, *attend[1])
+    views = attend[2] + ([] if rope is None else [(rope, "inv_freq")])
+    return ProgramStep("attention", args, [inputs[0], attend[0]], views)
+
+
+def cache_arguments(attention, cache) -> tuple | None:
+    """(o_proj's DecodeWeights, the `_attend_token` arguments from the keys to o_proj's bias, the
+    (holder, attribute) of the cache tensors viewed) for a whole-step decode; None where the cache or
+    o_proj cannot be viewed in place."""
+    if cache.keys.dtype != torch.float32 or not cache.keys.is_contiguous() or not cache.values.is_contiguous():
+        return None
+    output = cached_entry(attention.o_proj, _output_weights)
+    if output is None:
+        return None
+    tensors = (cache.keys.numpy(), cache.values.numpy(), cache.positions.numpy())
+    args = (*tensors, attention.n_heads, np.float32(attention.scale), *output[1])
+    return output[0], args, [(cache, "keys"), (cache, "values"), (cache, "positions")]

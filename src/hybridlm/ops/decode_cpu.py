@@ -85,19 +85,30 @@ class DecodeWeights:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its step's weights
 
 
-def cached_weights(owner, build, norm=None):
-    """The step weights of `owner` (and the `norm` before it) from `build(owner)`: a tuple whose first
-    item is a DecodeWeights, or None when the step does not apply (not kept). Kept until a parameter
-    changes identity or storage, or another norm is asked for."""
+def generation() -> int:
+    """A count that moves whenever a module or parameter is registered anywhere."""
+    return _GENERATION[0]
+
+
+def cached_entry(owner, build, norm=None) -> tuple | None:
+    """(DecodeWeights, the step weights) of `owner` (and the `norm` before it) from `build(owner)`, a
+    tuple whose first item is the DecodeWeights; None when the step does not apply (not kept). Kept
+    until a parameter changes identity or storage, or another norm is asked for."""
     entry = _CACHE.get(owner)
     if entry is not None and entry[0] is norm and entry[1].fresh():
-        return entry[2]
+        return entry[1], entry[2]
     built = build(owner)
     if built is None:
         _CACHE.pop(owner, None)
         return None
     _CACHE[owner] = (norm, built[0], built[1:])
-    return built[1:]
+    return built[0], built[1:]
+
+
+def cached_weights(owner, build, norm=None):
+    """The step weights of `cached_entry`, or None."""
+    entry = cached_entry(owner, build, norm)
+    return None if entry is None else entry[1]
 
 
 def weight_view(t: torch.Tensor | None) -> np.ndarray:

@@ -274,10 +274,16 @@ def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
     pre-normed sub-layer's eager ops for x (b, 1, d): numba chosen for x, one float32 token, no
     autograd and no tracing, and no forward hooks on `modules` or any module inside them (probes,
     profilers and hook-based adapters on a mixer's linears see them run)."""
-    if x.shape[1] != 1 or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    return x.shape[1] == 1 and x.dtype == torch.float32 and x.is_cpu and fused_decode_allowed(*modules)
+
+
+def fused_decode_allowed(*modules) -> bool:
+    """`fused_decode_applies` but for the input: numba chosen, no autograd and no tracing, no forward
+    hooks on `modules` or inside them."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     hooks = torch.nn.modules.module  # checks ordered cheapest first: this runs for every sub-layer of a step
-    if not x.is_cpu or kernel_choice().cpu != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+    if kernel_choice().cpu != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return False
     from .decode_cpu import module_tree
 

@@ -21,7 +21,7 @@ from numba import njit
 
 from .decode_cpu import (
     DecodeWeights,
-    cached_weights,
+    cached_entry,
     gemv_into,
     mlp_into,
     mlp_weights,
@@ -86,19 +86,28 @@ def _moe_weights(moe, norm) -> tuple | None:
     return (DecodeWeights(tensors), norm_weight, eps, offset, router_weight, router_bias, experts[0][4], *fields)
 
 
+def token_arguments(moe, norm, batch: int) -> tuple | None:
+    """(DecodeWeights, the arguments of `_moe_token` between its input and its output) for b = `batch`
+    rows, its router probabilities (b, E) and chosen experts (b, K) the last two; None where the
+    weights cannot be viewed in place."""
+    entry = cached_entry(moe, lambda m: _moe_weights(m, norm), norm)
+    if entry is None:
+        return None
+    held, (norm_weight, eps, offset, router_weight, router_bias, activation, *experts) = entry
+    probs = np.empty((batch, moe.n_experts), np.float32)
+    chosen = np.empty((batch, moe.top_k), np.int64)
+    router = (norm_weight, eps, offset, router_weight, router_bias, moe.top_k, moe.normalize_top_k, activation)
+    return held, (*router, *experts, probs, chosen)
+
+
 def moe_token(moe, x: torch.Tensor, norm) -> tuple | None:
     """The MoE of norm(x) for one token x (b, 1, d): (output (b, 1, d), router probabilities (b, E),
     chosen experts (b, K)), or None where the weights cannot be viewed in place."""
-    weights = cached_weights(moe, lambda m: _moe_weights(m, norm), norm)
-    if weights is None:
-        return None
-    norm_weight, eps, offset, router_weight, router_bias, activation, *experts = weights
     batch = x.shape[0]
-    probs = np.empty((batch, moe.n_experts), np.float32)
-    chosen = np.empty((batch, moe.top_k), np.int64)
+    entry = token_arguments(moe, norm, batch)
+    if entry is None:
+        return None
+    arguments = entry[1]
     out = np.empty((batch, x.shape[-1]), np.float32)
-    _moe_token(
-        x.reshape(batch, -1).numpy(), norm_weight, eps, offset, router_weight, router_bias,
-        moe.top_k, moe.normalize_top_k, activation, *experts, probs, chosen, out,
-    )  # fmt: skip
-    return torch.from_numpy(out).view(batch, 1, -1), torch.from_numpy(probs), torch.from_numpy(chosen)
+    _moe_token(x.reshape(batch, -1).numpy(), *arguments, out)
+    return torch.from_numpy(out).view(batch, 1, -1), torch.from_numpy(arguments[-2]), torch.from_numpy(arguments[-1])

@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from numba import njit
 
+from . import attention_decode_cpu
 from .decode_cpu import (
     ACTIVATION_CODES,
     DecodeWeights,
+    cached_entry,
     gemv_into,
     lora_add,
     lora_mlp_into,
@@ -80,6 +82,21 @@ def after_attention(attended: torch.Tensor, weights: tuple) -> torch.Tensor:
     out = np.empty((batch, weights[-2].shape[0]), np.float32)
     _after_attention(attended.reshape(batch, -1).numpy(), *weights, out)
     return torch.from_numpy(out).view(batch, 1, -1)
+
+
+def program_step(site, block, cache):
+    """One `S` call site's step in a whole-step decode (ops/decode_program.py `_shared_token`): the views
+    `project` and `after_attention` take around the block attention's cache arguments
+    (ops/attention_decode_cpu.py `cache_arguments`); None where they cannot be viewed in place."""
+    entry = cached_entry(site, lambda s: site_weights(block, s), block)
+    attend = attention_decode_cpu.cache_arguments(block.attention, cache)
+    if entry is None or attend is None:
+        return None
+    from .decode_program import ProgramStep
+
+    held, (projection, after) = entry
+    args = (projection[:-1], projection[-1], attend[1], after)
+    return ProgramStep("shared", args, [held, attend[0]], attend[2])
 
 
 def _adapter_views(adapter) -> tuple:
