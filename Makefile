@@ -34,14 +34,14 @@ bench: $(VENV)/.bench
 setup: $(VENV)/.base
 setup-test: $(VENV)/.test
 
-$(VENV)/.base: pyproject.toml
+$(VENV)/.base: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install "$(TORCH_SPEC)" $(PIP_EXTRA)
-	$(BIN)/pip install -e ".[plot]" $(PIP_EXTRA)
+	$(BIN)/pip install -e ".[plot]" -c constraints.txt $(PIP_EXTRA)
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base constraints.txt
-	$(BIN)/pip install -e ".[dev,hf,kernels,analysis,plot,tensorboard,datasets,serve,eval,sweep]" -c constraints.txt $(PIP_EXTRA)
+	$(BIN)/pip install -e ".[dev,hf,analysis,plot,tensorboard,datasets,serve,eval,sweep]" -c constraints.txt $(PIP_EXTRA)
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

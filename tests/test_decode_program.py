@@ -139,3 +139,21 @@ def test_the_program_stands_aside_for_hooks_grad_and_padding(runs):
     assert runs[0] == 3
     assert model(tokens[:, 4:5], cache=cache).requires_grad  # grad enabled: the eager, differentiable path
     assert runs[0] == 3
+
+
+def test_steps_of_one_kind_whose_views_differ_in_type_leave_the_model_to_the_sublayer_path(runs, monkeypatch):
+    torch.manual_seed(7)
+    model = HybridLM(ModelConfig.from_preset("mamba", "tiny")).eval()
+    mixer = model.layers[1].mixer
+    real_step = mixer.decode_program_step
+
+    def float64_norm(*args):
+        step = real_step(*args)
+        return decode_program.ProgramStep(step.kind, (step.args[0].astype("float64"), *step.args[1:]), step.weights)
+
+    monkeypatch.setattr(mixer, "decode_program_step", float64_norm)
+    tokens = torch.randint(0, 258, (1, 6))
+    with torch.inference_mode():
+        assert decode_program.build_program(model, model.allocate_cache(1, max_len=6)) is None
+    assert (decode_one_at_a_time(model, tokens) - _reference(model, tokens)).abs().max() <= TOLERANCE
+    assert runs[0] == 0

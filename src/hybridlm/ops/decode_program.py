@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from numba import njit, typed, typeof, types
-from numba.core.errors import NumbaError
 from numba.extending import overload
 
 from . import attention_decode_cpu, decode_cpu, mamba2_step_cpu, mamba_step_cpu, moe_decode_cpu, shared_step_cpu
@@ -151,6 +150,9 @@ def _run(
     none) and whether its output feeds the next mixer (model.py: x + t is the next one's input, x is
     unchanged); places (KV caches, 2): each cache's (slots attended, slot written) for this token."""
     batch, width = ids.shape[0], embedding.shape[1]
+    for row in range(batch):  # before anything is written
+        if ids[row] < 0 or ids[row] >= embedding.shape[0]:
+            raise IndexError("token id out of the vocabulary")
     x = np.empty((batch, width), np.float32)
     for row in range(batch):
         for i in range(width):
@@ -189,6 +191,22 @@ def _run(
     decode_cpu._norm_project(x, *head, logits)
 
 
+@njit(cache=True)
+def _listed(item):
+    """A typed List holding `item`. Made here, and grown by `_appended`, so that the list's methods are
+    compiled into these cached functions: called from Python, typed.List compiles each of its methods
+    for every item type in every process (~2.5 s before a model's first token)."""
+    items = typed.List()
+    items.append(item)
+    return items
+
+
+@njit(cache=True)
+def _appended(items, item):
+    items.append(item)
+    return items
+
+
 # ---- the program ------------------------------------------------------------------------------------
 class DecodeProgram:
     """The steps of every sub-layer of `model` decoding with `cache`, built once and run per token."""
@@ -201,15 +219,15 @@ class DecodeProgram:
         scale = model.config.embedding_scale
         self.embedding_scale = np.float32(1.0 if scale is None else model._embedding_scale(torch.float32).item())
         self.head = head
-        lists: dict[str, typed.List] = {}
+        lists: dict = {}  # kind -> typed List of its steps' arguments
+        counts = dict.fromkeys(KINDS, 0)
         order = np.empty((len(steps), 4), np.int64)
         self.kv_caches = []
         for index, (layer, step) in enumerate(zip(model.layers, steps)):
-            if step.kind not in lists:
-                lists[step.kind] = typed.List.empty_list(typeof(step.args))
+            lists[step.kind] = _appended(lists[step.kind], step.args) if step.kind in lists else _listed(step.args)
             place = len(self.kv_caches) if step.kind in _WITH_CACHE else -1
-            order[index] = KINDS.index(step.kind), len(lists[step.kind]), place, layer.feeds_next_mixer
-            lists[step.kind].append(step.args)  # a typing error when a sub-layer's views differ in type
+            order[index] = KINDS.index(step.kind), counts[step.kind], place, layer.feeds_next_mixer
+            counts[step.kind] += 1
             if place >= 0:
                 self.kv_caches.append(cache.states[index])
         self.order = order
@@ -236,7 +254,10 @@ class DecodeProgram:
 
     def run(self, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
         """Logits (b, 1, V) of one token per row, the cache updated; None where a KV cache needs a
-        mask for it. Raises `_Stale` (nothing written) when a view no longer holds."""
+        mask for it or the rows are not the cache's. Raises `_Stale` (nothing written) when a view no
+        longer holds."""
+        if input_ids.shape[0] != self.batch:
+            return None
         for j, kv_cache in enumerate(self.kv_caches):
             place = kv_cache.next_slot()  # may grow the cache: then the views below no longer hold
             if place is None:
@@ -272,36 +293,42 @@ def build_program(model, cache) -> DecodeProgram | None:
         if step is None:
             return None
         steps.append(step)
+    item_types = {}
+    for step in steps:  # one typed list per kind: its steps' arguments must have one type
+        if item_types.setdefault(step.kind, typeof(step.args)) != typeof(step.args):
+            log.debug("no decode program: %s steps whose arguments differ in type", step.kind)
+            return None
     norm, lm_head = model.final_norm, model.lm_head
     entry = decode_cpu.cached_entry(model, lambda _: decode_cpu.projection_weights(norm, (lm_head,)), norm)
     if entry is None:
         return None
     head_weights, (norm_weight, eps, offset, matrices, biases, _) = entry
-    try:
-        return DecodeProgram(model, cache, steps, (norm_weight, eps, offset, matrices, biases), head_weights)
-    except NumbaError as error:  # sub-layers of one kind whose views differ in type (dtype, layout)
-        log.debug("no decode program: %s", error)
-        return None
+    return DecodeProgram(model, cache, steps, (norm_weight, eps, offset, matrices, biases), head_weights)
 
 
-_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> (model ref, generation, program)
+_TOKEN_DTYPES = (torch.int64, torch.int32)
+# model -> cache -> (generation, program or None): dropped with either; a program holds views of both
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def decode_logits(model, cache, input_ids: torch.Tensor) -> torch.Tensor | None:
     """Logits (b, 1, V) for one unpadded token per row (input_ids (b, 1)) by the model's program, the cache
-    updated in place; None (nothing changed) where the program does not apply."""
-    if input_ids.shape[1] != 1 or not input_ids.is_cpu or not fused_decode_allowed(model):
+    updated in place; None (nothing changed) where the program does not apply. Where it cannot be
+    built, it is asked again only once a module is registered somewhere."""
+    if input_ids.shape[1] != 1 or input_ids.dtype not in _TOKEN_DTYPES or not input_ids.is_cpu:
         return None
-    entry = _PROGRAMS.get(cache)
-    generation = decode_cpu.generation()
-    if entry is None or entry[0]() is not model or (entry[2] is None and entry[1] != generation):
-        entry = (weakref.ref(model), generation, build_program(model, cache))
-        _PROGRAMS[cache] = entry
-    program = entry[2]
-    if program is None:
+    if not fused_decode_allowed(model):
         return None
-    try:
-        return program.run(input_ids, cache)
-    except _Stale:
-        _PROGRAMS.pop(cache, None)
-        return decode_logits(model, cache, input_ids)
+    programs = _PROGRAMS.setdefault(model, weakref.WeakKeyDictionary())
+    for _attempt in range(2):  # a stale program is built again once
+        entry = programs.get(cache)
+        generation = decode_cpu.generation()
+        if entry is None or (entry[1] is None and entry[0] != generation):
+            entry = programs[cache] = (generation, build_program(model, cache))
+        if entry[1] is None:
+            return None
+        try:
+            return entry[1].run(input_ids, cache)
+        except _Stale:
+            programs.pop(cache, None)
+    return None

@@ -54,7 +54,7 @@ def kernel_choice() -> KernelChoice:
         )
     has_numba = importlib.util.find_spec("numba") is not None
     if requested == "cpu" and not has_numba:
-        raise ConfigError(f"{ENV_VAR}=cpu needs numba: pip install 'hybridlm[kernels]'")
+        raise ConfigError(f"{ENV_VAR}=cpu needs numba, a dependency of hybridlm: pip install numba")
     probe_cuda = requested == "cuda" or (not requested and torch.cuda.is_available())
     has_cuda_kernels = probe_cuda and cuda_kernels.available()
     if requested == "cuda" and not has_cuda_kernels:
