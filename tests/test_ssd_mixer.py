@@ -55,6 +55,7 @@ CASES = [  # (batch, length, heads, head_dim, groups, d_state), conv width, bias
     ((2, 70, 2, 64, 1, 64), 4, True, (0.05, 0.3)),  # n = p = 64, a clamp that binds at both ends
     ((1, 97, 6, 24, 3, 20), 4, True, (1e-3, float("inf"))),  # p 24 and n 20 padded to whole tiles
     ((2, 3, 2, 16, 1, 16), 4, True, (0.0, float("inf"))),  # three tokens: every one reads the zero window
+    ((2, 260, 8, 64, 1, 16), 4, True, (0.0, float("inf"))),  # enough work for every kernel's threaded build
 ]
 
 
