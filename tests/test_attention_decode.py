@@ -1,6 +1,6 @@
 """The fused one-token attention (ops/attention_decode_cpu.py: cache write, softmax, o_proj) against
 the eager path (KVCache.update + SDPA) and the full forward: full and windowed attention, grouped
-heads, a cache that grows, biases, batches; and where it must stand aside (padding, a ring not yet full)."""
+heads, a cache that grows, biases, batches; and where it must stand aside (padding)."""
 
 import pytest
 import torch
@@ -56,18 +56,18 @@ def test_fused_attention_decode_equals_reference_and_full_forward(case, batch, f
     assert fused_calls[0] == 14 * 2  # every decoded token, both attention layers
 
 
-def test_ring_not_yet_full_and_padding_take_the_masked_path(fused_calls):
+def test_a_ring_not_yet_full_is_fused_and_padding_takes_the_masked_path(fused_calls):
     model = _model("(LF)*2", attention={"window": 16})
     tokens = torch.randint(0, 258, (1, 12))
-    fused = _decode(model, tokens, 3, 12)  # 12 tokens never fill the 15-slot ring
+    fused = _decode(model, tokens, 3, 12)  # 12 tokens never fill the 15-slot ring: its slots 0 .. length - 1
     with torch.no_grad():
         assert (fused - model(tokens)[:, 3:]).abs().max() <= TOLERANCE
-    assert fused_calls[0] == 0
+    assert fused_calls[0] == 9 * 2
 
     model = _model("(AF)*2")
     short, long = torch.randint(0, 258, (4,)), torch.randint(0, 258, (6,))
     padded = model.generate([short, long], 4, temperature=0)  # the short row is left-padded
-    assert fused_calls[0] == 0  # a stored padding slot needs the mask
+    assert fused_calls[0] == 9 * 2  # a stored padding slot needs the mask
     alone = model.generate([short], 4, temperature=0)
     assert torch.equal(padded[0], alone[0])
-    assert fused_calls[0] == 3 * 2  # decoding alone, the fused step runs
+    assert fused_calls[0] == 9 * 2 + 3 * 2  # decoding alone, the fused step runs

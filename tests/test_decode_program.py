@@ -14,7 +14,7 @@ pytest.importorskip("numba")
 
 TOLERANCE = 2e-5
 PROGRAM_PRESETS = ("mamba", "mamba2", "jamba", "transformer", "zamba", "zamba2")  # every sub-layer has a step
-OTHER_PRESETS = ("griffin", "stripedhyena", "blend")  # RG-LRU, Hyena, the alpha-blend: one by one
+OTHER_PRESETS = ("stripedhyena", "blend")  # Hyena, the alpha-blend: one by one
 
 
 @pytest.fixture
@@ -58,6 +58,20 @@ def test_program_equals_the_sublayer_path_and_the_reference(name, batch, runs):
     assert (program - _reference(model, tokens)).abs().max() <= TOLERANCE
 
 
+@pytest.mark.parametrize("name", ["griffin", "hawk"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rglru_blocks_in_the_program(name, batch, runs):
+    """The RG-LRU block's step runs its linears on decode_cpu's GEMV, which sums in another order than the
+    sub-layer path's: equal to the reference within the tolerance; a row's first token resets."""
+    torch.manual_seed(8)
+    model = perturbed(HybridLM(ModelConfig.from_preset(name, "tiny")).eval())
+    tokens = torch.randint(0, 258, (batch, 10))
+    program = decode_one_at_a_time(model, tokens, prompt=1)
+    assert runs[0] == 10  # a one-token prompt too: the program's first token resets the recurrence
+    assert (program - _reference(model, tokens, prompt=1)).abs().max() <= TOLERANCE
+    assert (program - _by_sublayer(model, tokens, prompt=1)).abs().max() <= TOLERANCE
+
+
 @pytest.mark.parametrize("name", OTHER_PRESETS)
 def test_models_with_a_sublayer_without_a_step_decode_one_by_one(name, runs):
     torch.manual_seed(1)
@@ -78,13 +92,13 @@ def test_a_growing_kv_cache_rebuilds_the_program(runs):
     assert (grown - _reference(model, tokens)).abs().max() <= TOLERANCE
 
 
-def test_a_window_ring_not_yet_full_leaves_its_tokens_to_the_masked_path(runs):
+def test_a_window_ring_filling_then_wrapping(runs):
     torch.manual_seed(3)
     config = ModelConfig.from_preset("samba", "tiny", attention={"window": 6})
     model = perturbed(HybridLM(config).eval())
     tokens = torch.randint(0, 258, (1, 14))
     logits = decode_one_at_a_time(model, tokens, max_len=None)
-    assert runs[0] == 14 - 5  # the ring of window - 1 = 5 slots fills after 3 prompt and 2 masked tokens
+    assert runs[0] == 14 - 3  # the ring of window - 1 = 5 slots fills, then wraps around
     assert (logits - _reference(model, tokens, max_len=None)).abs().max() <= TOLERANCE
 
 

@@ -89,7 +89,8 @@ class KVCache:
     def next_slot(self) -> tuple[int, int] | None:
         """For one unpadded token that a fused step writes itself (ops/attention_decode_cpu.py):
         (slots it attends before its own key, the slot it is written to, -1 for none), growing the
-        append buffer when full; None where its query needs a mask (padding stored, ring not full).
+        append buffer when full; None where its query needs a mask (padding stored). A ring not yet full
+        holds its tokens in slots 0 .. length - 1, all inside the window, as an append buffer does.
         The caller writes the slot and then counts it in `length`."""
         if self.holds_padding:
             return None
@@ -99,7 +100,7 @@ class KVCache:
                 self._grow(max(self.length + 1, 2 * size))
             return self.length, self.length
         if self.length < size:
-            return None
+            return self.length, self.length
         return size, (self.length % size if size else -1)
 
     def _append(self, keys, values, positions):

@@ -189,6 +189,14 @@ class RecurrentBlock(Mixer):
             state.rnn.copy_(rnn_state)
         return self.linear_out(gated.to(u.dtype))
 
+    def decode_program_step(self, norm, state: RecurrentState | None, batch: int, shared: dict):
+        """This sub-layer's step in a whole-step decode (ops/decode_program.py), or None."""
+        if state is None or norm is None:
+            return None
+        from ..ops import rglru_step_cpu
+
+        return rglru_step_cpu.program_step(self, norm, state, self.options.activation)
+
     def _step_weights(self) -> dict:
         """The decoding step's weights by the names ops.rglru_step_cpu.STEP_WEIGHTS gives them, read from
         the modules' parameter dicts: an nn.Module attribute lookup costs ~0.5 us, a dozen per token."""

@@ -191,9 +191,7 @@ class SharedAttention(Mixer):
         `decode_token` fuses every part (a KV cache, no RoPE or short conv on the block's attention)."""
         block = shared[self.shared_attribute][self.block_index]
         attention = block.attention
-        if norm is not None or not isinstance(state, KVCache) or attention.short_conv is not None:
-            return None
-        if attention.rope is not None:
+        if norm is not None or not isinstance(state, KVCache) or attention.short_conv or attention.rope:
             return None
         from ..ops import shared_step_cpu
 

@@ -12,8 +12,9 @@ the S cached keys and values the query may see (Vaswani et al. 2017, eq. 1, one 
 then k_new, v_new and the position go into the cache's slot. Done as torch ops this is a cache
 write, SDPA (its CPU flash kernel costs ~80 us per call at S ~ 40 here, far above the arithmetic),
 views and o_proj's GEMV: ~0.2 ms per layer for ~0.1 ms of weight reads at the small preset. It
-applies where no mask is needed (layers/attention.py `decode_token`): full attention, or a window
-whose ring is full, and no padding stored; otherwise the layer's own path runs.
+applies where no mask is needed (layers/attention.py `decode_token`): full attention or a window's
+ring (full, or holding its first tokens in slots 0 .. length - 1), and no padding stored; otherwise
+the layer's own path runs.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ residual add, the final norm and the LM head.
 Glossary: b batch (rows decoded together), d model width, V vocabulary, L sub-layers.
 
 Called one sub-layer at a time (ops/decode_cpu.py and the other `*_step_cpu.py` files), a token
-still pays the module calls, the checks and the numpy views around each kernel: 0.8-1.2 ms of a
-3.6-4 ms step at the small presets here, most of it because the interpreter's own code and data
-come back cold after every kernel has streamed a layer's weights. A `DecodeProgram` asks each
+still pays the module calls, the checks and the numpy views around each kernel: 0.9-1.4 ms of a
+3.2-3.8 ms step at the small presets here (mamba, transformer, jamba), most of it because the
+interpreter's own code and data come back cold after every kernel has streamed a layer's weights.
+A `DecodeProgram` asks each
 sub-layer once for its `ProgramStep` (the kernel it runs and that kernel's arguments: weight views
 and views of its cache state), keeps them in one typed list per kernel, and runs
 
@@ -18,9 +19,10 @@ in one call (a sub-layer whose output feeds the next mixer, Zamba's shared block
 it and leaves x alone, as model.py does). Per token the Python side only checks that nothing it
 views moved (a parameter or a state tensor replaced, a derived copy's source changed, a module
 registered, a hook added), asks each KV cache for its slot, and counts the token. It applies where
-every sub-layer has a step: padding, a window ring not yet full, RoPE on a shared block, or any
-mixer without `decode_program_step` (RG-LRU, Hyena) leaves the token to the per-sub-layer path,
-which gives the same logits.
+every sub-layer has a step: padding stored in a KV cache, RoPE on a shared block, or a mixer
+without `decode_program_step` (Hyena, the alpha-blend) leaves the token to the per-sub-layer path.
+Both give the same logits: bit for bit where a step calls the sub-layer path's own kernel, within
+float32 rounding for the RG-LRU block (its linears on the GEMV here, torch's there).
 
 numba's disk cache follows this file only: after editing a kernel it calls, delete
 ops/__pycache__/decode_program*.nb* too.
@@ -37,14 +39,22 @@ import torch
 from numba import njit, typed, typeof, types
 from numba.extending import overload
 
-from . import attention_decode_cpu, decode_cpu, mamba2_step_cpu, mamba_step_cpu, moe_decode_cpu, shared_step_cpu
+from . import (
+    attention_decode_cpu,
+    decode_cpu,
+    mamba2_step_cpu,
+    mamba_step_cpu,
+    moe_decode_cpu,
+    rglru_step_cpu,
+    shared_step_cpu,
+)
 from .decode_cpu import DecodeWeights, weight_view
 from .dispatch import fused_decode_allowed
 
 log = logging.getLogger(__name__)
 
-KINDS = ("mamba", "mamba2", "mlp", "moe", "attention", "shared")  # the fused kernels a step may name
-_MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION, _SHARED = range(len(KINDS))
+KINDS = ("mamba", "mamba2", "mlp", "moe", "attention", "shared", "rglru")  # the fused kernels a step may name
+_MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION, _SHARED, _RGLRU = range(len(KINDS))
 _WITH_CACHE = ("attention", "shared")  # kinds that write a KV cache slot per token
 
 
@@ -81,6 +91,17 @@ _mamba = _sublayer_call(mamba_step_cpu._sublayer_step)
 _mamba2 = _sublayer_call(mamba2_step_cpu._sublayer_step)
 _mlp = _sublayer_call(decode_cpu._mlp_step)
 _moe = _sublayer_call(moe_decode_cpu._moe_token)
+
+
+def _rglru(x, steps, j, positions, out):
+    raise NotImplementedError  # replaced inside jitted code by the overload below
+
+
+@overload(_rglru, inline="always")
+def _rglru_typed(x, steps, j, positions, out):
+    if isinstance(steps, types.NoneType):
+        return lambda x, steps, j, positions, out: None
+    return lambda x, steps, j, positions, out: rglru_step_cpu._sublayer_step(x, *steps[j], positions, out)
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)
@@ -143,8 +164,8 @@ def _shared_typed(x, embedded, steps, j, positions, place, out):
 
 @njit(fastmath=True, error_model="numpy", cache=True)
 def _run(
-    ids, embedding, embedding_scale, positions, places, order, mamba, mamba2, mlp, moe, attention, shared, head,
-    logits,
+    ids, embedding, embedding_scale, positions, places, order, mamba, mamba2, mlp, moe, attention, shared, rglru,
+    head, logits,
 ):  # fmt: skip
     """order (L, 4): each sub-layer's kind, its index in that kind's list, its row of places (-1 for
     none) and whether its output feeds the next mixer (model.py: x + t is the next one's input, x is
@@ -179,8 +200,10 @@ def _run(
             _moe(source, moe, j, out)
         elif kind == _ATTENTION:
             _attention(source, embedded, attention, j, positions, places[place], out)
-        else:
+        elif kind == _SHARED:
             _shared(source, embedded, shared, j, positions, places[place], out)
+        else:
+            _rglru(source, rglru, j, positions, out)
         feeding = feeds != 0
         if feeding:
             fed[:] = out

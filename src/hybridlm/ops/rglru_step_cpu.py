@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from numba import njit
 
 from .causal_conv_cpu import conv_token
+from .decode_cpu import DecodeWeights, gemv_rows, norm_views, rms_norm_into, viewable
 from .numba_support import as_array, exp_nonpositive, expm1_nonpositive, sigmoid, step_arrays
 from .rglru_gated_cpu import ACTIVATION_KINDS, activate, gate_bias, gate_weight
 
@@ -77,6 +78,29 @@ def _step(
                 gated[row, c] = h * activate(y_pre[row, c], kind)
     if linears:
         _linear(out_weight, out_bias, gated, out)
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)
+def _sublayer_step(
+    u, norm_weight, eps, offset, x_weight, x_bias, y_weight, y_bias, conv_state, conv_weight, conv_bias, gate_w,
+    gate_b, log_a_scale, out_weight, out_bias, kind, rnn_state, positions, out,
+):  # fmt: skip
+    """The pre-normed block for one token, out = linear_out(step(RMSNorm(u))), its three linears on
+    decode_cpu's GEMV (the `rglru` step of a whole-step decode, ops/decode_program.py); positions (b,)."""
+    batch = u.shape[0]
+    channels = conv_weight.shape[0]
+    normed = np.empty_like(u)
+    rms_norm_into(u, norm_weight, eps, offset, normed)
+    x_in = np.empty((batch, channels), np.float32)
+    y_pre = np.empty((batch, channels), np.float32)
+    gemv_rows(x_weight, x_bias, normed, 0, x_in, 0)
+    gemv_rows(y_weight, y_bias, normed, 0, y_pre, 0)
+    gated = np.empty((batch, channels), np.float32)
+    _step(
+        normed, positions.reshape((batch, 1)), conv_state, x_weight, x_bias, y_weight, y_bias, conv_weight, conv_bias,
+        gate_w, gate_b, log_a_scale, out_weight, out_bias, kind, rnn_state, False, x_in, y_pre, gated, out,
+    )  # fmt: skip
+    gemv_rows(out_weight, out_bias, gated, 0, out, 0)
 
 
 STEP_WEIGHTS = (
@@ -150,3 +174,23 @@ def rglru_decode_step(u, positions, conv_state, rnn_state, weights: dict, c: flo
     if not linears:
         out = F.linear(gated, weights["out_weight"].to(gated.dtype), weights["out_bias"])
     return out.view(batch, 1, -1)
+
+
+def program_step(block, norm, state, activation: str):
+    """The block's step in a whole-step decode (`_sublayer_step`): its pre-norm's views, the step's
+    arrays (`_weight_arrays`) and its states viewed in place; None unless every parameter is float32,
+    contiguous and on the CPU, and so are the states."""
+    weights = block._step_weights()
+    parameters = [weights[name] for name in STEP_WEIGHTS]
+    if not viewable(norm.weight, *parameters, state.conv, state.rnn):
+        return None
+    from .decode_program import ProgramStep
+
+    gates = ("input_gate_weight", "recurrent_gate_weight", "input_gate_bias", "recurrent_gate_bias", "a_param")
+    held = DecodeWeights([norm.weight, *parameters], derived_from=tuple(weights[name] for name in gates))
+    x_w, x_b, y_w, y_b, conv_w, conv_b, *gates_to_out = _weight_arrays(weights, block.rg_lru.c)
+    args = (
+        *norm_views(norm), x_w, x_b, y_w, y_b, state.conv.numpy(), conv_w, conv_b, *gates_to_out,
+        ACTIVATION_KINDS[activation], state.rnn.numpy(),
+    )  # fmt: skip
+    return ProgramStep("rglru", args, [held], [(state, "conv"), (state, "rnn")])
