@@ -42,6 +42,7 @@ SHAPES = [  # (batch, length, heads, head_dim, groups, d_state)
     (1, 1, 2, 64, 1, 64),  # one token
     (2, 150, 3, 48, 1, 32),  # p padded from 48 to 64
     (1, 70, 2, 24, 1, 384),  # a large state
+    (2, 80, 4, 128, 2, 20),  # p = 128: two wide tiles of 64 channels, n padded from 20 to 32
 ]
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops.dispatch import gated_rms_norm, mamba2_decode_step, ssd
+from ..ops.dispatch import gated_rms_norm, mamba2_decode_step, ssd, ssd_mixer
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -166,6 +166,10 @@ class Mamba2(Mixer):
             y = mamba2_decode_step(projected, state.conv, state.ssm, self._step_weights())
             if y is not None:
                 return self.out_proj(y.to(u.dtype))
+        if state is None and ctx.valid is None and not self._parts_hooked():  # training: one op, one in_proj gradient
+            normed = ssd_mixer(projected, self._mixer_weights(), options.n_groups, options.dt_limit, self.norm.eps)
+            if normed is not None:
+                return self.out_proj(normed.to(u.dtype))
         x, z, dt, B, C, conv_state = self._split_and_convolve(projected, ctx, None if state is None else state.conv)
         y, ssm_state = ssd(
             x.view(batch, length, self.n_heads, options.head_dim),
@@ -181,6 +185,24 @@ class Mamba2(Mixer):
             state.conv.copy_(conv_state)
             state.ssm.copy_(ssm_state)
         return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+
+    def _mixer_weights(self) -> dict:
+        return {
+            "conv_weight": self.conv.weight,
+            "conv_bias": self.conv.bias,
+            "dt_bias": self.dt_bias,
+            "A_log": self.A_log,
+            "D": self.D,
+            "norm_weight": self.norm.weight,
+        }
+
+    def _parts_hooked(self) -> bool:
+        """Hooks on the conv or the norm, or global ones: they must see those modules run (the fused
+        op skips them)."""
+        hooks = nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv, self.norm))
 
     def decode_token(self, u: torch.Tensor, norm, state: ConvSSMState | None, ctx: Context) -> torch.Tensor | None:
         """out_proj(mixer(norm(u))) for one token u (b, 1, d) in one fused call (ops/mamba2_step_cpu.py),

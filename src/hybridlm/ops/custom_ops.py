@@ -3,9 +3,10 @@
 Each kernel is a pair of ops, `hybridlm::<name>` and `hybridlm::<name>_backward`, with a fake
 (meta) implementation that gives the output shapes and dtypes without running, and the forward's
 autograd formula wired with `register_autograd` to the backward op. The arithmetic is the
-kernels' own (selective_scan_cpu, causal_conv_cpu, linear_scan_cpu, modal_cpu, ssd_cpu): the backward ops
-call the existing `autograd.Function.backward` on a plain context holding the saved tensors (ssd_cpu's
-backward function directly). Outputs are made
+kernels' own (selective_scan_cpu, causal_conv_cpu, linear_scan_cpu, modal_cpu, ssd_cpu, and
+ssd_mixer_cpu composing the Mamba-2 ones): the backward ops call the existing
+`autograd.Function.backward` on a plain context holding the saved tensors (ssd_cpu's and
+ssd_mixer_cpu's backward functions directly). Outputs are made
 contiguous so that real and fake outputs agree on strides. Nothing here logs or keeps Python
 state: the traced path is these calls only. The operands reach numba through
 `numba_support.as_array`, which never calls `Tensor.numpy()` on tensors that require grad.
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.library import custom_op, register_autograd, register_fake
 
-from . import rglru_gated_cpu
+from . import rglru_gated_cpu, ssd_mixer_cpu
 from .causal_conv_cpu import CausalConv1dFunction, causal_conv1d_forward
 from .gated_norm_cpu import gated_rms_norm_backward as gated_rms_norm_backward_kernel
 from .gated_norm_cpu import gated_rms_norm_forward
@@ -444,3 +445,103 @@ def _gated_norm_backward(ctx, grad_out):
 
 
 register_autograd("hybridlm::gated_rms_norm", _gated_norm_backward, setup_context=_gated_norm_setup)
+
+
+# ---- the Mamba-2 mixer between its projections (projected (b, l, d_in + conv channels + h); conv_weight
+# (channels, 1, k), conv_bias (channels,) or None; dt_bias, A_log, D (h,); norm_weight (d_in,)) ----
+@custom_op("hybridlm::ssd_mixer", mutates_args=(), device_types="cpu")
+def ssd_mixer(
+    projected: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    dt_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor,
+    norm_weight: Tensor,
+    n_groups: int,
+    dt_low: float,
+    dt_high: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """normed (b, l, d_in), the conv's output (b, l, channels), y (b, l, h, p) and the SSD's chunk
+    checkpoints (ssd_mixer_cpu.ssd_mixer_forward); all fp32."""
+    return ssd_mixer_cpu.ssd_mixer_forward(
+        projected, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, n_groups, dt_low, dt_high, eps
+    )
+
+
+@register_fake("hybridlm::ssd_mixer")
+def _(projected, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, n_groups, dt_low, dt_high, eps):
+    d_inner, conv_dim, heads, head_dim, d_state = ssd_mixer_cpu.widths(projected, conv_weight, dt_bias, n_groups)
+    batch, length = projected.shape[:2]
+    n_chunks = (length + SSD_CHUNK - 1) // SSD_CHUNK
+    return (
+        projected.new_empty(batch, length, d_inner, dtype=torch.float32),
+        projected.new_empty(batch, length, conv_dim, dtype=torch.float32),
+        projected.new_empty(batch, length, heads, head_dim, dtype=torch.float32),
+        projected.new_empty(batch, n_chunks + 1, heads, *ssd_padded_shape(d_state, head_dim), dtype=torch.float32),
+    )
+
+
+@custom_op("hybridlm::ssd_mixer_backward", mutates_args=(), device_types="cpu")
+def ssd_mixer_backward(
+    projected: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    dt_bias: Tensor,
+    A_log: Tensor,
+    D: Tensor,
+    norm_weight: Tensor,
+    conv_out: Tensor,
+    y: Tensor,
+    checkpoints: Tensor,
+    grad_normed: Tensor,
+    n_groups: int,
+    dt_low: float,
+    dt_high: float,
+    eps: float,
+) -> list[Tensor]:
+    """Gradients of projected (fp32), conv_weight, conv_bias (empty without one), dt_bias, A_log, D
+    and norm_weight (their dtypes)."""
+    grads = ssd_mixer_cpu.ssd_mixer_backward(
+        projected, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
+        conv_out.detach(), y.detach(), checkpoints.detach(), grad_normed, n_groups, dt_low, dt_high, eps,
+    )  # fmt: skip
+    return [projected.new_empty(0) if grad is None else grad.contiguous() for grad in grads]
+
+
+@register_fake("hybridlm::ssd_mixer_backward")
+def _(projected, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, *rest):
+    grads = [torch.empty_like(t) for t in (conv_weight, conv_bias, dt_bias, A_log, D, norm_weight) if t is not None]
+    if conv_bias is None:
+        grads.insert(1, projected.new_empty(0))
+    return [projected.new_empty(projected.shape, dtype=torch.float32), *grads]
+
+
+def _ssd_mixer_setup(ctx, inputs, output):
+    projected, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, n_groups, dt_low, dt_high, eps = inputs
+    ctx.save_for_backward(projected, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, *output[1:])
+    ctx.options = (n_groups, dt_low, dt_high, eps)
+    ctx.projected_dtype = projected.dtype
+    ctx.set_materialize_grads(False)  # the saved outputs get no gradient
+
+
+def _ssd_mixer_backward(ctx, grad_normed, _grad_conv_out, _grad_y, _grad_checkpoints):
+    projected, conv_weight, conv_bias, *saved = ctx.saved_tensors
+    if grad_normed is None:
+        return (None,) * 11
+    grads = ssd_mixer_backward(projected, conv_weight, conv_bias, *saved, grad_normed, *ctx.options)
+    grad_projected, grad_conv_weight, grad_conv_bias, *rest = grads
+    return (
+        grad_projected.to(ctx.projected_dtype),
+        grad_conv_weight,
+        None if conv_bias is None else grad_conv_bias,
+        *rest,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+register_autograd("hybridlm::ssd_mixer", _ssd_mixer_backward, setup_context=_ssd_mixer_setup)

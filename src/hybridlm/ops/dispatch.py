@@ -320,3 +320,20 @@ def gated_rms_norm(y, z, weight, n_groups: int, eps: float):
     if _use_custom_op(y, z, weight):
         return custom_ops.gated_rms_norm(y, z, weight, n_groups, eps).to(y.dtype)
     return gated_rms_norm_forward(y, z, weight, n_groups, eps).to(y.dtype)
+
+
+def ssd_mixer(projected, weights: dict, n_groups: int, dt_limit: tuple[float, float], eps: float):
+    """The Mamba-2 mixer between its projections (conv, dt, SSD from zero states, gated norm) in one
+    op whose backward writes in_proj's gradient in one buffer (ops/ssd_mixer_cpu.py): the norm's
+    output (b, l, d_in) fp32, or None where it does not apply (another backend); the caller runs its
+    layer code then. `weights`: conv_weight, conv_bias, dt_bias, A_log, D, norm_weight by keyword."""
+    if backend_for(projected) != "numba":
+        return None
+    from . import custom_ops
+    from .ssd_mixer_cpu import ssd_mixer_forward
+
+    tensors = [weights[name] for name in ("conv_weight", "conv_bias", "dt_bias", "A_log", "D", "norm_weight")]
+    options = (n_groups, float(dt_limit[0]), float(dt_limit[1]), float(eps))
+    if _use_custom_op(projected, *tensors):
+        return custom_ops.ssd_mixer(projected, *tensors, *options)[0]
+    return ssd_mixer_forward(projected, *tensors, *options, keep=False)[0]

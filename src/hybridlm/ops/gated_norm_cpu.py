@@ -60,7 +60,8 @@ def _backward(y, z, weight, groups, eps, grad_out, grad_y, grad_z, grad_weight):
     width = channels // groups
     whole = width - width % LANES
     y_row, z_row = y.strides[0] // 4, z.strides[0] // 4
-    flat_gout, flat_gy, flat_gz = grad_out.reshape(-1), grad_y.reshape(-1), grad_z.reshape(-1)
+    gy_row, gz_row = grad_y.strides[0] // 4, grad_z.strides[0] // 4  # grad_z may be a column slice too
+    flat_gout = grad_out.reshape(-1)
     one = simd.splat(np.float32(1.0))
     for item in prange(grad_weight.shape[0]):
         gated = np.empty(width, np.float32)
@@ -96,8 +97,8 @@ def _backward(y, z, weight, groups, eps, grad_out, grad_y, grad_z, grad_weight):
                     z_c, y_c = simd.load(z, at_z + c), simd.load(y, at_y + c)
                     simd.store(flat_gw, c0 + c, simd.fma(g_out * v, simd.splat(scale), simd.load(flat_gw, c0 + c)))
                     grad_v = simd.splat(scale) * (g_out * simd.load(weight, c0 + c) - v * simd.splat(correction))
-                    simd.store(flat_gy, at_out + c, grad_v * z_c * gate)
-                    simd.store(flat_gz, at_out + c, grad_v * y_c * gate * simd.fma(z_c, one - gate, one))
+                    simd.store(grad_y, row * gy_row + c0 + c, grad_v * z_c * gate)
+                    simd.store(grad_z, row * gz_row + c0 + c, grad_v * y_c * gate * simd.fma(z_c, one - gate, one))
                 for i in range(whole, width):
                     c = c0 + i
                     flat_gw[c] += grad_out[row, c] * gated[i] * scale
@@ -126,11 +127,13 @@ def gated_rms_norm_forward(y, z, weight, groups: int, eps: float) -> torch.Tenso
     return out
 
 
-def gated_rms_norm_backward(y, z, weight, groups: int, eps: float, grad_out) -> list[torch.Tensor]:
-    """Gradients of y, z and weight, each in its input's dtype."""
+def gated_rms_norm_backward(y, z, weight, groups: int, eps: float, grad_out, grad_z=None) -> list[torch.Tensor]:
+    """Gradients of y, z and weight, each in its input's dtype. `grad_z`: an fp32 tensor shaped like z
+    whose last dim is contiguous (a column slice of a larger gradient) to write z's gradient into."""
     channels = y.shape[-1]
     rows = y.numel() // channels if channels else 0
-    grad_y, grad_z = (torch.empty(y.shape, dtype=torch.float32) for _ in range(2))
+    grad_y = torch.empty(y.shape, dtype=torch.float32)
+    grad_z = torch.empty(y.shape, dtype=torch.float32) if grad_z is None else grad_z
     grad_weight = torch.empty(-(-rows // ROWS), channels, dtype=torch.float32)
     _backward_kernel(
         y.numel(),
@@ -141,7 +144,7 @@ def gated_rms_norm_backward(y, z, weight, groups: int, eps: float, grad_out) -> 
         np.float32(eps),
         as_array(grad_out.reshape(-1, channels)),
         grad_y.numpy().reshape(-1, channels),
-        grad_z.numpy().reshape(-1, channels),
+        grad_z.view(-1, channels).numpy(),
         grad_weight.numpy(),
     )
     return [grad_y.to(y.dtype), grad_z.to(z.dtype), grad_weight.sum(0).to(weight.dtype)]

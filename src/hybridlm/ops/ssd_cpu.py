@@ -157,16 +157,21 @@ def ssd_forward(x, dt, A, B, C, D, initial_state, keep_checkpoints: bool = False
     return y, final_state[:, :, :d_state, :head_dim].transpose(-1, -2), checkpoints
 
 
-def ssd_backward(x, dt, A, B, C, D, checkpoints, grad_y, grad_final):
+def ssd_backward(x, dt, A, B, C, D, checkpoints, grad_y, grad_final, grad_x=None, grad_B=None, grad_C=None):
     """Gradients of x, dt, A, B, C, D (in their dtypes) and of the initial state (fp32), from the
-    forward's checkpoints; grad_y (b, l, h, p), grad_final (b, h, p, n)."""
+    forward's checkpoints; grad_y (b, l, h, p), grad_final (b, h, p, n). `grad_x` (b, l, h, p) and
+    `grad_B`, `grad_C` (b, l, g, n): fp32 tensors with a contiguous last dim (column slices of one
+    buffer, as x, B and C are of the conv's output) to write those gradients into; new ones if None."""
     batch, length, heads, head_dim = x.shape
-    groups, d_state = B.shape[2], B.shape[3]
+    d_state = B.shape[3]
     wide_n, wide_p = padded_shape(d_state, head_dim)
-    grad_x = torch.empty(batch, length, heads, wide_p, dtype=torch.float32)
+    into_x = grad_x is not None and wide_p == head_dim
+    wide_grad_x = grad_x if into_x else torch.empty(batch, length, heads, wide_p, dtype=torch.float32)
+    grad_B = torch.empty(B.shape, dtype=torch.float32) if grad_B is None else grad_B
+    grad_C = torch.empty(C.shape, dtype=torch.float32) if grad_C is None else grad_C
     grad_dt = torch.empty(batch, length, heads, dtype=torch.float32)
     grad_A, grad_D = (torch.empty(batch, heads, dtype=torch.float64) for _ in range(2))
-    grad_B, grad_C = (torch.empty(batch, length, heads, wide_n, dtype=torch.float32) for _ in range(2))
+    head_grad_B, head_grad_C = (torch.empty(batch, length, heads, wide_n, dtype=torch.float32) for _ in range(2))
     grad_h0 = torch.empty(batch, heads, wide_n, wide_p, dtype=torch.float32)
     backward_kernel(
         x.numel() * d_state,
@@ -180,18 +185,18 @@ def ssd_backward(x, dt, A, B, C, D, checkpoints, grad_y, grad_final):
         as_array(_pad_last(grad_y, wide_p)),
         _state_last(grad_final, wide_n, wide_p),
         CHUNK,
-        *(t.numpy() for t in (grad_x, grad_dt, grad_A, grad_B, grad_C, grad_D, grad_h0)),
+        *(t.numpy() for t in (wide_grad_x, grad_dt, grad_A, head_grad_B, head_grad_C, grad_D, grad_h0, grad_B, grad_C)),
     )
-
-    def per_group(per_head):  # (b, l, h, n') -> (b, l, g, n): a group's heads are adjacent
-        return per_head[..., :d_state].unflatten(2, (groups, -1)).sum(3)
-
+    if grad_x is None:
+        grad_x = wide_grad_x[..., :head_dim]
+    elif not into_x:
+        grad_x.copy_(wide_grad_x[..., :head_dim])
     return (
-        grad_x[..., :head_dim].to(x.dtype),
+        grad_x.to(x.dtype),
         grad_dt.to(dt.dtype),
         grad_A.sum(0).to(A.dtype),
-        per_group(grad_B).to(B.dtype),
-        per_group(grad_C).to(C.dtype),
+        grad_B.to(B.dtype),
+        grad_C.to(C.dtype),
         grad_D.sum(0).to(D.dtype),
         grad_h0[:, :, :d_state, :head_dim].transpose(-1, -2),
     )
