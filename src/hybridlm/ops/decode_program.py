@@ -134,8 +134,9 @@ class DecodeProgram:
         if not self.fresh(cache):
             raise _Stale
         logits = np.empty((self.batch, self.vocab), np.float32)
+        ids = input_ids.reshape(-1).to(torch.int64).contiguous()  # one compiled `_run` for every slice of ids
         _run(
-            input_ids.reshape(-1).numpy(), self.embedding, self.embedding_scale, cache.seen.numpy(), self.places,
+            ids.numpy(), self.embedding, self.embedding_scale, cache.seen.numpy(), self.places,
             self.scales, self.order, *self.lists, self.head, logits,
         )  # fmt: skip
         for kv_cache in self.kv_caches:
