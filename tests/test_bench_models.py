@@ -8,6 +8,7 @@ from hybridlm.bench.timing import alternated_times
 pytest.importorskip("transformers")
 
 
+@pytest.mark.slow  # 17 s on 2 cores; `make test-slow`
 def test_rows_compare_identical_weights_on_training_prefill_and_decode():
     rows = model_rows(("mamba2",), prefill_length=32, new_tokens=4, train_shape=(1, 16), repeats=1)
     assert [row.name for row in rows] == [

@@ -145,6 +145,7 @@ def test_demo_runs(capsys):
     assert "hybrid, SSM first" in out and "max |logits(token by token) - logits(full forward)|" in out
 
 
+@pytest.mark.slow  # 15 s on 2 cores (torch.compile); `make test-slow`
 def test_generate_compiled_gives_the_same_tokens(capsys, tmp_path):
     torch.manual_seed(0)
     hybridlm.save(HybridLM(ModelConfig.from_preset("transformer", "tiny")), tmp_path / "m")
