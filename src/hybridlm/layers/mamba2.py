@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..ops.dispatch import gated_rms_norm, mamba2_decode_step, ssd, ssd_mixer
+from ..ops.dispatch import forward_hooked, gated_rms_norm, mamba2_decode_step, ssd, ssd_mixer
 from .base import (
     FP32_BYTES,
     CacheBytes,
@@ -199,10 +199,7 @@ class Mamba2(Mixer):
     def _parts_hooked(self) -> bool:
         """Hooks on the conv or the norm, or global ones: they must see those modules run (the fused
         op skips them)."""
-        hooks = nn.modules.module
-        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv, self.norm))
+        return forward_hooked(self.conv, self.norm)
 
     def decode_token(self, u: torch.Tensor, norm, state: ConvSSMState | None, ctx: Context) -> torch.Tensor | None:
         """out_proj(mixer(norm(u))) for one token u (b, 1, d) in one fused call (ops/mamba2_step_cpu.py),
@@ -218,16 +215,7 @@ class Mamba2(Mixer):
         return sublayer_program_step(self, norm, state, mamba2_step_cpu, "mamba2")
 
     def _step_weights(self) -> dict:
-        return {
-            "conv_weight": self.conv.weight,
-            "conv_bias": self.conv.bias,
-            "dt_bias": self.dt_bias,
-            "A_log": self.A_log,
-            "D": self.D,
-            "norm_weight": self.norm.weight,
-            "norm_eps": self.norm.eps,
-            "dt_limit": self.options.dt_limit,
-        }
+        return {**self._mixer_weights(), "norm_eps": self.norm.eps, "dt_limit": self.options.dt_limit}
 
     def scan_inputs(self, u: torch.Tensor, ctx: Context, conv_state: torch.Tensor | None = None):
         """Everything up to the scan: x (b, l, d_in), gate z, dt (b, l, h) after softplus and clamp,

@@ -91,34 +91,30 @@ def _shared_token(x, embedded, projection, width, attend, after, positions, atte
     shared_step_cpu._after_attention(attention_out, *after, out)
 
 
-def _attention(x, embedded, steps, j, positions, place, out):
-    raise NotImplementedError  # replaced inside jitted code by the overload below
-
-
-@overload(_attention, inline="always")
-def _attention_typed(x, embedded, steps, j, positions, place, out):
-    if isinstance(steps, types.NoneType):
-        return lambda x, embedded, steps, j, positions, place, out: None
+def _cache_call(kernel, reads_embedding: bool):
+    """A jitted `call(x, embedded, steps, j, positions, place, out)` for a kind that writes a KV cache
+    slot: kernel(x, [embedded,] *steps[j], positions, attended, slot, out), or nothing for None."""
 
     def call(x, embedded, steps, j, positions, place, out):
-        _attention_token(x, *steps[j], positions, place[0], place[1], out)
+        raise NotImplementedError  # replaced inside jitted code by the overload below
+
+    @overload(call, inline="always")
+    def _typed(x, embedded, steps, j, positions, place, out):
+        if isinstance(steps, types.NoneType):
+            return lambda x, embedded, steps, j, positions, place, out: None
+        if reads_embedding:
+            return lambda x, embedded, steps, j, positions, place, out: kernel(
+                x, embedded, *steps[j], positions, place[0], place[1], out
+            )
+        return lambda x, embedded, steps, j, positions, place, out: kernel(
+            x, *steps[j], positions, place[0], place[1], out
+        )
 
     return call
 
 
-def _shared(x, embedded, steps, j, positions, place, out):
-    raise NotImplementedError  # replaced inside jitted code by the overload below
-
-
-@overload(_shared, inline="always")
-def _shared_typed(x, embedded, steps, j, positions, place, out):
-    if isinstance(steps, types.NoneType):
-        return lambda x, embedded, steps, j, positions, place, out: None
-
-    def call(x, embedded, steps, j, positions, place, out):
-        _shared_token(x, embedded, *steps[j], positions, place[0], place[1], out)
-
-    return call
+_attention = _cache_call(_attention_token, reads_embedding=False)
+_shared = _cache_call(_shared_token, reads_embedding=True)
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)

@@ -280,14 +280,20 @@ def fused_decode_applies(x: torch.Tensor, *modules) -> bool:
 def fused_decode_allowed(*modules) -> bool:
     """`fused_decode_applies` but for the input: numba chosen, no autograd and no tracing, no forward
     hooks on `modules` or inside them."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():  # cheapest first: this runs per sub-layer
         return False
-    hooks = torch.nn.modules.module  # checks ordered cheapest first: this runs for every sub-layer of a step
-    if kernel_choice().cpu != "numba" or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-        return False
+    return kernel_choice().cpu == "numba" and not forward_hooked(*modules)
+
+
+def forward_hooked(*modules) -> bool:
+    """Whether a global forward (pre-)hook is set, or one on `modules` or any module inside them:
+    a fused step replacing their forwards must then stand aside, so that the hooks see them run."""
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return True
     from .decode_cpu import module_tree
 
-    return not any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module_tree(module))
+    return any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module_tree(module))
 
 
 def mamba2_decode_step(projected, conv_state, ssm_state, weights: dict):
