@@ -146,6 +146,25 @@ def test_the_program_stands_aside_for_hooks_grad_and_padding(runs):
     assert runs[0] == 3
 
 
+def test_a_hook_registered_between_tokens_takes_the_next_token_off_the_program(runs):
+    """The unhooked tree is remembered between tokens: a hook made later, deep inside, must still be seen."""
+    torch.manual_seed(6)
+    model = HybridLM(ModelConfig.from_preset("jamba", "tiny")).eval()
+    tokens = torch.randint(0, 258, (1, 6))
+    seen = []
+    with torch.inference_mode():
+        cache = model.allocate_cache(1, max_len=8)
+        model(tokens[:, :3], cache=cache)
+        model(tokens[:, 3:4], cache=cache)
+        assert runs[0] == 1
+        handle = model.layers[3].mixer.experts[0].up_proj.register_forward_pre_hook(lambda *_: seen.append(1))
+        model(tokens[:, 4:5], cache=cache)
+        assert runs[0] == 1  # the per-sub-layer path ran, where the hook can fire
+        handle.remove()
+        model(tokens[:, 5:6], cache=cache)
+        assert runs[0] == 2
+
+
 def test_steps_of_one_kind_whose_views_differ_in_type_leave_the_model_to_the_sublayer_path(runs, monkeypatch):
     torch.manual_seed(7)
     model = HybridLM(ModelConfig.from_preset("mamba", "tiny")).eval()

@@ -17,6 +17,7 @@ step that also computes cannot quite reach it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -25,6 +26,7 @@ import torch
 
 from ..analysis.params import active_parameters
 from ..model import HybridLM
+from ..ops import decode_worker
 from ..ops.dispatch import kernel_choice, kernels
 from ..presets import preset_config
 from .timing import Row
@@ -91,33 +93,39 @@ def decode_profile_rows(
     bandwidth probe, so that both have the same chance of a quiet moment on a shared machine) of
     wall time per token, alternating the paths and the probe in one process; then one profiled run
     of `steps` tokens per path for the op counts. Each run follows two untimed tokens: the probe
-    streams other memory, and the first token after it finds the weights out of cache."""
+    streams other memory, and the first token after it finds the weights out of cache.
+
+    Paths: the fused kernels at the process's thread count, the eager reference, and, where two CPUs
+    may be used, the fused kernels with the second core's GEMV worker (ops/decode_worker.py; two
+    threads for that path only). The floor stays the one-core floor."""
+    paths = [("fused kernels", _kernels("")), ("reference", _kernels("reference"))]
+    if decode_worker.WORKER.permitted():
+        paths.append(("fused kernels, second core", _second_core))
     rows = []
     for preset in presets:
         torch.manual_seed(0)
         model = HybridLM(preset_config(preset, size)).eval()
         weight_bytes = decode_weight_bytes(model)
-        paths = (("", "fused kernels"), ("reference", "reference"))
-        caches, walls, bandwidth = {}, {choice: float("inf") for choice, _ in paths}, 0.0
+        caches, walls, bandwidth = {}, {label: float("inf") for label, _ in paths}, 0.0
         with torch.inference_mode():
-            for choice, _ in paths:
-                with kernels(choice):
-                    caches[choice] = model.allocate_cache(1, max_len=prompt + 10 * rounds + steps + 8)
-                    model(torch.zeros(1, prompt, dtype=torch.long), cache=caches[choice])
-                    _decode(model, caches[choice], 2)  # warm-up (and numba's compilation)
+            for label, path in paths:
+                with path():
+                    caches[label] = model.allocate_cache(1, max_len=prompt + 10 * rounds + steps + 8)
+                    model(torch.zeros(1, prompt, dtype=torch.long), cache=caches[label])
+                    _decode(model, caches[label], 2)  # warm-up (and numba's compilation)
             for _ in range(rounds):
                 bandwidth = max(bandwidth, read_bandwidth(weight_bytes, repeats=2))
-                for choice, _ in paths:
-                    with kernels(choice):
-                        _decode(model, caches[choice], 2)  # back to decoding's steady state
-                        walls[choice] = min(walls[choice], _decode(model, caches[choice], 8))
+                for label, path in paths:
+                    with path():
+                        _decode(model, caches[label], 2)  # back to decoding's steady state
+                        walls[label] = min(walls[label], _decode(model, caches[label], 8))
             floor = weight_bytes / bandwidth
-            for choice, label in paths:
-                with kernels(choice), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
-                    profiled_wall = _decode(model, caches[choice], steps)
+            for label, path in paths:
+                with path(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                    profiled_wall = _decode(model, caches[label], steps)
                 top_level = [e for e in p.events() if e.cpu_parent is None and e.name.startswith("aten::")]
                 in_ops = sum(e.cpu_time_total for e in top_level) / 1e6 / steps
-                wall = walls[choice]
+                wall = walls[label]
                 notes = {
                     "aten_ops_per_token": len(top_level) / steps,
                     "in_aten_ops_us": in_ops * 1e6,
@@ -127,5 +135,25 @@ def decode_profile_rows(
                     "floor_us": floor * 1e6,
                     "floor_ratio": wall / floor,
                 }
+                if path is _second_core:
+                    notes["threads"] = 2
+                    notes["speedup_over_one_core"] = walls["fused kernels"] / wall
                 rows.append(Row("decode-profile", f"{preset} {size} decode step ({label})", wall, None, "", 1, notes))
     return rows
+
+
+def _kernels(choice: str):
+    return lambda: kernels(choice)
+
+
+@contextlib.contextmanager
+def _second_core():
+    """Two torch threads and the GEMV worker serving (waited for: it needs the GIL to start)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with kernels(""):
+            decode_worker.WORKER.wake_and_wait()
+            yield
+    finally:
+        torch.set_num_threads(threads)

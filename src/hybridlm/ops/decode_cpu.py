@@ -37,6 +37,7 @@ import torch
 from numba import njit
 from torch.nn.modules import module as torch_module
 
+from . import gemv_split
 from .numba_support import _pointer_view, sigmoid
 
 _GENERATION = [0]  # bumped whenever any module or parameter is registered: cached views may be stale
@@ -152,38 +153,15 @@ def gemv_into(weight, bias, x, out, column):
     gemv_rows(weight, bias, x, 0, out, column)
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(fastmath=True, error_model="numpy")
 def gemv_rows(weight, bias, x, x0, out, column):
     """out[:, column : column + o] = x[:, x0 : x0 + i] @ weight.T (+ bias); weight (o, i) row-major,
-    an empty bias for none.
-
-    Four weight rows at a time, in their stored order, each read once for all b rows: four dot
-    products per pass over x, so the loop along i vectorises, four accumulators hide the FMA latency
-    and four streams of weights are in flight (with the weights out of cache: 20.7 against 17.8 GB/s
-    for one row at a time, over the small transformer's matrices)."""
+    an empty bias for none (ops/gemv_split.py `gemv_range`). A matrix of SPLIT_MIN elements or more
+    is split with the second core's worker while it serves (ops/decode_worker.py)."""
     rows, width = weight.shape
-    blocked = rows - rows % 4
-    for o in range(0, blocked, 4):
-        for row in range(x.shape[0]):
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(width):
-                v = x[row, x0 + i]
-                a0 += weight[o, i] * v
-                a1 += weight[o + 1, i] * v
-                a2 += weight[o + 2, i] * v
-                a3 += weight[o + 3, i] * v
-            out[row, column + o], out[row, column + o + 1] = a0, a1
-            out[row, column + o + 2], out[row, column + o + 3] = a2, a3
-    for o in range(blocked, rows):
-        for row in range(x.shape[0]):
-            acc = np.float32(0.0)
-            for i in range(width):
-                acc += weight[o, i] * x[row, x0 + i]
-            out[row, column + o] = acc
-    if bias.size:
-        for row in range(x.shape[0]):
-            for o in range(rows):
-                out[row, column + o] += bias[o]
+    large = rows * width >= gemv_split.SPLIT_MIN
+    if not (large and gemv_split.worker_serving() and gemv_split.split_gemv(weight, bias, x, x0, out, column)):
+        gemv_split.gemv_range(weight, bias, x, x0, out, column, 0, rows)
 
 
 @njit(fastmath=True, error_model="numpy", cache=True)

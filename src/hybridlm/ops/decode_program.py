@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from numba import typeof
 
-from . import decode_cpu
+from . import decode_cpu, decode_worker
 from .decode_cpu import DecodeWeights, weight_view
 from .decode_program_kernels import KINDS, appended, listed
 from .decode_program_kernels import run as _run
@@ -133,6 +133,7 @@ class DecodeProgram:
             self.places[j] = place
         if not self.fresh(cache):
             raise _Stale
+        decode_worker.WORKER.offer()
         logits = np.empty((self.batch, self.vocab), np.float32)
         ids = input_ids.reshape(-1).to(torch.int64).contiguous()  # one compiled `_run` for every slice of ids
         _run(

@@ -117,7 +117,7 @@ _attention = _cache_call(_attention_token, reads_embedding=False)
 _shared = _cache_call(_shared_token, reads_embedding=True)
 
 
-@njit(fastmath=True, error_model="numpy", cache=True)
+@njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 def run(
     ids, embedding, embedding_scale, positions, places, scales, order, mamba, mamba2, mlp, moe, attention, shared,
     rglru, hyena, head, logits,
@@ -126,7 +126,8 @@ def run(
     none), whether its output feeds the next mixer (model.py: x + t is the next one's input, x is
     unchanged), its row of scales (-1 for none: out *= scales[row] per channel) and whether it is a
     part whose output is held for the next call, which reads the same input (the alpha-blend);
-    places (KV caches, 2): each cache's (slots attended, slot written) for this token."""
+    places (KV caches, 2): each cache's (slots attended, slot written) for this token. It releases the
+    GIL, so that the GEMV worker (ops/decode_worker.py) woken for this token can start serving in it."""
     batch, width = ids.shape[0], embedding.shape[1]
     for row in range(batch):  # before anything is written
         if ids[row] < 0 or ids[row] >= embedding.shape[0]:

@@ -19,10 +19,12 @@ import functools
 import importlib.util
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.hooks import RemovableHandle
 
 from ..errors import ConfigError
 from . import cuda_kernels
@@ -287,13 +289,27 @@ def fused_decode_allowed(*modules) -> bool:
 
 def forward_hooked(*modules) -> bool:
     """Whether a global forward (pre-)hook is set, or one on `modules` or any module inside them:
-    a fused step replacing their forwards must then stand aside, so that the hooks see them run."""
+    a fused step replacing their forwards must then stand aside, so that the hooks see them run.
+
+    A tree found without hooks is not walked again (~490 modules for a small jamba, most of the
+    Python of a decoded token with its caches cold) until a hook handle is made anywhere
+    (`RemovableHandle.next_id` moves for every `register_*hook`) or a module is registered."""
     hooks = torch.nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return True
-    from .decode_cpu import module_tree
+    from .decode_cpu import generation, module_tree
 
-    return any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module_tree(module))
+    stamp = (RemovableHandle.next_id, generation())
+    for module in modules:
+        if _UNHOOKED.get(module) == stamp:
+            continue
+        if any(m._forward_hooks or m._forward_pre_hooks for m in module_tree(module)):
+            return True
+        _UNHOOKED[module] = stamp
+    return False
+
+
+_UNHOOKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> stamp it was found unhooked at
 
 
 def mamba2_decode_step(projected, conv_state, ssm_state, weights: dict):

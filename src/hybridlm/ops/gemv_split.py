@@ -1,0 +1,175 @@
+"""A decoding GEMV split between two cores: the calling thread streams the first half of the weight
+rows while a worker thread (ops/decode_worker.py) streams the second.
+
+Glossary: b batch rows, o weight rows (output features), i weight columns (input features).
+
+Decoding at batch 1 streams every weight once per token, and one core reads at most ~29 GB/s here
+(docs/benchmarks.md); two cores reading disjoint rows read ~55 GB/s. Every fused decoding step's
+GEMV goes through `decode_cpu.gemv_rows`, which hands half of a large enough matrix (SPLIT_MIN
+elements) to the worker through one process-wide mailbox, while the worker is serving:
+
+    caller                                   worker (spinning in `serve`)
+    take the mailbox (OWNER 0 -> 1)
+    write the task, STATE = POSTED  ------>  STATE POSTED -> WORKER (compare-exchange)
+    rows [0, half)                           rows [half, o)
+    STATE POSTED -> MAIN? then rows [half, o) itself, else wait for DONE  <------  STATE = DONE
+
+The caller never waits for a worker that has not taken the task: a worker that is asleep, stopped,
+descheduled or busy elsewhere leaves it POSTED, and the caller takes it back. Each row is computed
+by the same code whichever thread runs it, so the result is bit for bit the one-thread result. A
+caller that waits more than STALL_CYCLES for a task the worker took counts a stall: the worker's
+core was not free (ops/decode_worker.py then stops it for a while). Callers that find the mailbox
+taken (another thread decoding at the same time) run the whole GEMV themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit
+
+from .atomics import (
+    compare_exchange,
+    cycles,
+    float32_pointer,
+    int64_pointer,
+    load_acquire,
+    process_global,
+    register_global,
+    spin_pause,
+    store_release,
+    yield_core,
+)
+
+SPLIT_MIN = 32768  # weight elements (128 KiB) below which the hand-over costs more than half the reads
+STALL_CYCLES = 2_000_000  # ~0.8 ms of the time-stamp counter spent waiting for the worker: a stall
+SPIN_CYCLES = 100_000  # ~40 us without a task, after which the worker yields its core while it waits
+
+# Mailbox slots (int64). The slots both threads write sit on their own 64-byte lines.
+OWNER, STATE, ACTIVE, STOP, STALLS, SPLITS, TASK = 0, 8, 16, 24, 32, 33, 40
+W_PTR, ROWS, WIDTH, X_PTR, X_STRIDE, X0, BATCH, OUT_PTR, OUT_STRIDE, COLUMN, BIAS_PTR, BIAS_SIZE, R0 = range(
+    TASK, TASK + 13
+)
+SLOTS = 64
+IDLE, POSTED, WORKER, MAIN, DONE = range(5)
+
+_BACKING = np.zeros(SLOTS + 8, np.int64)  # lives as long as the process: kernels hold its address
+_OFFSET = (-_BACKING.ctypes.data % 64) // 8
+MAILBOX = _BACKING[_OFFSET : _OFFSET + SLOTS]  # aligned to a cache line
+_SYMBOL = "hybridlm_gemv_mailbox"
+register_global(_SYMBOL, MAILBOX)
+_mailbox_address = process_global(_SYMBOL)
+
+
+@njit(inline="always")
+def mailbox():
+    """The process's mailbox (int64, SLOTS) as an array inside a kernel."""
+    return carray(int64_pointer(_mailbox_address()), (SLOTS,))
+
+
+@njit(inline="always")
+def worker_serving() -> bool:
+    return load_acquire(mailbox(), ACTIVE) != 0
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def gemv_range(weight, bias, x, x0, out, column, first, last):
+    """out[:, column + r] = x[:, x0 : x0 + i] @ weight[r] (+ bias[r]) for rows r in [first, last);
+    weight (o, i) row-major, an empty bias for none.
+
+    Four weight rows at a time, in their stored order, each read once for all b rows: four dot
+    products per pass over x, so the loop along i vectorises, four accumulators hide the FMA latency
+    and four streams of weights are in flight (with the weights out of cache: 20.7 against 17.8 GB/s
+    for one row at a time, over the small transformer's matrices)."""
+    width = weight.shape[1]
+    blocked = last - (last - first) % 4
+    for o in range(first, blocked, 4):
+        for row in range(x.shape[0]):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(width):
+                v = x[row, x0 + i]
+                a0 += weight[o, i] * v
+                a1 += weight[o + 1, i] * v
+                a2 += weight[o + 2, i] * v
+                a3 += weight[o + 3, i] * v
+            out[row, column + o], out[row, column + o + 1] = a0, a1
+            out[row, column + o + 2], out[row, column + o + 3] = a2, a3
+    for o in range(blocked, last):
+        for row in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for i in range(width):
+                acc += weight[o, i] * x[row, x0 + i]
+            out[row, column + o] = acc
+    if bias.size:
+        for row in range(x.shape[0]):
+            for o in range(first, last):
+                out[row, column + o] += bias[o]
+
+
+@njit(fastmath=True, error_model="numpy")
+def split_gemv(weight, bias, x, x0, out, column) -> bool:
+    """`gemv_range` over every row, the second half by the worker when it takes it; False (nothing
+    written) when the mailbox is taken or an array is not row-major with unit column stride."""
+    rows, width = weight.shape
+    item = weight.itemsize
+    if weight.strides[1] != item or weight.strides[0] != width * item or x.strides[1] != item:
+        return False
+    if out.strides[1] != item or (bias.size and bias.strides[0] != item):
+        return False
+    box = mailbox()
+    if not compare_exchange(box, OWNER, 0, 1):
+        return False
+    half = rows // 2 - rows // 2 % 4
+    box[W_PTR], box[ROWS], box[WIDTH] = weight.ctypes.data, rows, width
+    box[X_PTR], box[X_STRIDE], box[X0], box[BATCH] = x.ctypes.data, x.strides[0] // item, x0, x.shape[0]
+    box[OUT_PTR], box[OUT_STRIDE], box[COLUMN] = out.ctypes.data, out.strides[0] // item, column
+    box[BIAS_PTR], box[BIAS_SIZE], box[R0] = bias.ctypes.data, bias.size, half
+    store_release(box, STATE, POSTED)
+    gemv_range(weight, bias, x, x0, out, column, 0, half)
+    if compare_exchange(box, STATE, POSTED, MAIN):
+        gemv_range(weight, bias, x, x0, out, column, half, rows)
+    else:
+        start = cycles()
+        while load_acquire(box, STATE) != DONE:
+            spin_pause()
+        if cycles() - start > STALL_CYCLES:
+            box[STALLS] += 1
+    store_release(box, STATE, IDLE)
+    store_release(box, OWNER, 0)
+    return True
+
+
+@njit(fastmath=True, error_model="numpy")
+def _run_task(box):
+    """The posted task's rows [R0, ROWS), from the addresses and strides the caller wrote."""
+    rows, batch = box[ROWS], box[BATCH]
+    weight = carray(float32_pointer(box[W_PTR]), (rows, box[WIDTH]))
+    bias = carray(float32_pointer(box[BIAS_PTR]), (box[BIAS_SIZE],))
+    x = carray(float32_pointer(box[X_PTR]), (batch, box[X_STRIDE]))
+    out = carray(float32_pointer(box[OUT_PTR]), (batch, box[OUT_STRIDE]))
+    gemv_range(weight, bias, x, box[X0], out, box[COLUMN], box[R0], rows)
+
+
+@njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
+def serve(idle_cycles: int) -> None:
+    """The worker's loop: take and run posted tasks until STOP is set or none came for `idle_cycles`
+    of the time-stamp counter. ACTIVE tells callers to post while it runs. After SPIN_CYCLES without a
+    task it waits with sched_yield, so that another thread wanting its core (torch's, between two
+    decoded tokens) runs at once."""
+    box = mailbox()
+    store_release(box, ACTIVE, 1)
+    last = cycles()
+    while load_acquire(box, STOP) == 0:
+        if load_acquire(box, STATE) == POSTED and compare_exchange(box, STATE, POSTED, WORKER):
+            _run_task(box)
+            box[SPLITS] += 1
+            store_release(box, STATE, DONE)
+            last = cycles()
+            continue
+        idle = cycles() - last
+        if idle > idle_cycles:
+            break
+        if idle > SPIN_CYCLES:
+            yield_core()
+        else:
+            spin_pause()
+    store_release(box, ACTIVE, 0)
