@@ -43,6 +43,7 @@ from .decode_cpu import DecodeWeights, weight_view
 from .decode_program_kernels import KINDS, appended, listed
 from .decode_program_kernels import run as _run
 from .dispatch import fused_decode_allowed
+from .gemv_split import SPLIT_MIN
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class DecodeProgram:
             [embedding, *(t for weights in held for t in weights.tensors)],
             derived_from=tuple(t for weights in held for t in weights.derived_from),
         )
+        self.splits = any(t.dim() == 2 and t.numel() >= SPLIT_MIN for t in self.weights.tensors)  # for a worker
         self.states = list(cache.states)  # held, so that no other state object can take one of their ids
         self.viewed = [view for step in steps for view in step.views]
         self.pointers = self._pointers(cache)
@@ -133,7 +135,8 @@ class DecodeProgram:
             self.places[j] = place
         if not self.fresh(cache):
             raise _Stale
-        decode_worker.WORKER.offer()
+        if self.splits:
+            decode_worker.WORKER.offer()
         logits = np.empty((self.batch, self.vocab), np.float32)
         ids = input_ids.reshape(-1).to(torch.int64).contiguous()  # one compiled `_run` for every slice of ids
         _run(
