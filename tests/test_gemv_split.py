@@ -28,7 +28,7 @@ def _wait_for(condition, seconds=5.0) -> bool:
 def worker(monkeypatch):
     """The worker thread serving until the test ends (two torch threads, the load check passing)."""
     monkeypatch.setenv("HYBRIDLM_DECODE_WORKER", "on")
-    monkeypatch.setattr(decode_worker, "_other_tasks_running", lambda serving: False)
+    monkeypatch.setattr(decode_worker, "_other_tasks_running", lambda: False)
     monkeypatch.setattr(decode_worker, "IDLE_CYCLES", 10**12)  # no sleeping between the test's calls
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -164,17 +164,21 @@ def test_the_worker_stops_for_one_thread_a_busy_core_or_stalls(worker, monkeypat
     state.offer()  # stopped for BACKOFF_S, even though the check passes again
     assert MAILBOX[STOP] == 1 and not state.serving()
     state._stopped_until = 0.0
-    monkeypatch.setattr(decode_worker, "_other_tasks_running", lambda serving: True)
+    monkeypatch.setattr(decode_worker, "_other_tasks_running", lambda: True)
     state._checked_at = 0.0
     state.offer()
     assert not state.serving() and state._stopped_until > time.monotonic()
 
 
-def test_the_load_check_counts_this_decode_and_its_worker(tmp_path, monkeypatch):
+def test_the_load_check_counts_other_processes_only(tmp_path, monkeypatch):
     monkeypatch.setattr(decode_worker, "_usable_cpus", lambda: 2)
-    loadavg = tmp_path / "loadavg"
-    cases = [("1/80", False, False), ("2/80", True, False), ("2/80", False, True), ("3/80", True, True)]
-    for running, serving, busy in cases:
-        loadavg.write_text(f"0.50 0.40 0.30 {running} 1234\n")
-        assert decode_worker._other_tasks_running(serving, str(loadavg)) is busy
-    assert decode_worker._other_tasks_running(False, str(tmp_path / "missing")) is False
+    proc = tmp_path / "proc"
+    tasks = proc / "self" / "task"
+    tasks.mkdir(parents=True)
+    for task, state in (("100", "R"), ("101", "R"), ("102", "S")):  # this thread, a spinning one, a sleeper
+        (tasks / task).mkdir()
+        (tasks / task / "stat").write_text(f"{task} (python (x)) {state} 1 2 3\n")
+    for running, busy in (("2/80", False), ("3/80", True), ("1/80", False)):
+        (proc / "loadavg").write_text(f"0.50 0.40 0.30 {running} 1234\n")
+        assert decode_worker._other_tasks_running(str(proc)) is busy
+    assert decode_worker._other_tasks_running(str(tmp_path / "missing")) is False

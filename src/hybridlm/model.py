@@ -125,7 +125,7 @@ class HybridLM(nn.Module):
             valid = None
         logits = self._whole_step(input_ids, cache) if cache is not None and valid is None else None
         if logits is not None:
-            return self._softcap(logits)
+            return logits  # soft-capped in the same call
         positions = self._positions(input_ids, cache, valid)
         x = self.embed_tokens(input_ids)
         if self.config.embedding_scale is not None:
@@ -159,8 +159,9 @@ class HybridLM(nn.Module):
         return logits
 
     def _whole_step(self, input_ids: torch.Tensor, cache: Cache) -> torch.Tensor | None:
-        """Logits of one decoded token per row by one fused call for the whole model (ops/decode_program.py),
-        the cache updated; None where that does not apply (the sub-layers then run one by one)."""
+        """Logits (soft-capped) of one decoded token per row by one fused call for the whole model
+        (ops/decode_program.py), the cache updated; None where that does not apply (the sub-layers
+        then run one by one)."""
         if input_ids.shape[1] != 1 or not input_ids.is_cpu:
             return None
         from .ops import decode_program

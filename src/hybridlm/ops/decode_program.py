@@ -77,6 +77,7 @@ class DecodeProgram:
         scale = model.config.embedding_scale
         self.embedding_scale = np.float32(1.0 if scale is None else model._embedding_scale(torch.float32).item())
         self.head = head
+        self.softcap = np.float32(model.config.logit_softcap or 0.0)
         self._lay_out(model, steps)
         self.places = np.zeros((max(len(self.kv_caches), 1), 2), np.int64)
         moes = [(model.layers[i].mixer, step) for i, step in enumerate(steps) if step.kind == "moe"]
@@ -123,7 +124,7 @@ class DecodeProgram:
         return self.weights.fresh() and self._pointers(cache) == self.pointers
 
     def run(self, input_ids: torch.Tensor, cache) -> torch.Tensor | None:
-        """Logits (b, 1, V) of one token per row, the cache updated; None where a KV cache needs a
+        """Logits (b, 1, V) of one token per row (soft-capped), the cache updated; None where a KV cache needs a
         mask for it or the rows are not the cache's. Raises `_Stale` (nothing written) when a view no
         longer holds."""
         if input_ids.shape[0] != self.batch:
@@ -141,7 +142,7 @@ class DecodeProgram:
         ids = input_ids.reshape(-1).to(torch.int64).contiguous()  # one compiled `_run` for every slice of ids
         _run(
             ids.numpy(), self.embedding, self.embedding_scale, cache.seen.numpy(), self.places,
-            self.scales, self.order, *self.lists, self.head, logits,
+            self.scales, self.order, *self.lists, self.head, self.softcap, logits,
         )  # fmt: skip
         for kv_cache in self.kv_caches:
             kv_cache.length += 1
@@ -190,9 +191,10 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def decode_logits(model, cache, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """Logits (b, 1, V) for one unpadded token per row (input_ids (b, 1)) by the model's program, the cache
-    updated in place; None (nothing changed) where the program does not apply. Where it cannot be
-    built, it is asked again only once a module is registered somewhere."""
+    """Logits (b, 1, V), soft-capped where the model caps them, for one unpadded token per row
+    (input_ids (b, 1)) by the model's program, the cache updated in place; None (nothing changed)
+    where the program does not apply. Where it cannot be built, it is asked again only once a module
+    is registered somewhere."""
     if input_ids.shape[1] != 1 or input_ids.dtype not in _TOKEN_DTYPES or not input_ids.is_cpu:
         return None
     if not fused_decode_allowed(model):

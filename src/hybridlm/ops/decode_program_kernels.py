@@ -120,13 +120,14 @@ _shared = _cache_call(_shared_token, reads_embedding=True)
 @njit(fastmath=True, error_model="numpy", cache=True, nogil=True)
 def run(
     ids, embedding, embedding_scale, positions, places, scales, order, mamba, mamba2, mlp, moe, attention, shared,
-    rglru, hyena, head, logits,
+    rglru, hyena, head, softcap, logits,
 ):  # fmt: skip
     """order (kernel calls, 6): each call's kind, its index in that kind's list, its row of places (-1 for
     none), whether its output feeds the next mixer (model.py: x + t is the next one's input, x is
     unchanged), its row of scales (-1 for none: out *= scales[row] per channel) and whether it is a
     part whose output is held for the next call, which reads the same input (the alpha-blend);
-    places (KV caches, 2): each cache's (slots attended, slot written) for this token. It releases the
+    places (KV caches, 2): each cache's (slots attended, slot written) for this token; softcap > 0:
+    logits = softcap * tanh(logits / softcap) (Gemma 2's logit soft-cap, model.py). It releases the
     GIL, so that the GEMV worker (ops/decode_worker.py) woken for this token can start serving in it."""
     batch, width = ids.shape[0], embedding.shape[1]
     for row in range(batch):  # before anything is written
@@ -187,6 +188,10 @@ def run(
                 for i in range(width):
                     x[row, i] += out[row, i]
     decode_cpu._norm_project(x, *head, logits)
+    if softcap > 0:
+        for row in range(batch):
+            for v in range(logits.shape[1]):
+                logits[row, v] = softcap * np.tanh(logits[row, v] / softcap)
 
 
 @njit(cache=True)

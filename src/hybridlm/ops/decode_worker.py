@@ -5,8 +5,8 @@
   - torch may use two or more threads (`torch.set_num_threads(1)` and `--threads 1` keep one core;
     read per token),
   - the process may run on two or more CPUs, and HYBRIDLM_DECODE_WORKER is not "off" (or "0"),
-  - no other task is runnable on the spare core (Linux: /proc/loadavg's running count, read at
-    most every CHECK_S seconds), and
+  - no other process has a thread runnable for the spare core (Linux: /proc/loadavg's running
+    count less this process's running threads, read at most every CHECK_S seconds), and
   - callers waited on the worker fewer than STALLS_TOLERATED times since the last check (a stall: its
     core was taken while it held a task, by another process here or, on a VM, by the host).
 A stall or another task stops the worker for BACKOFF_S seconds; the thread count or the variable,
@@ -43,15 +43,19 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _other_tasks_running(serving: bool, loadavg: str = "/proc/loadavg") -> bool:
-    """Whether a task that is not this decode is runnable now (/proc/loadavg's 4th field, "R/T",
-    counts the running threads, the reading one included). False where the file does not exist."""
+def _other_tasks_running(proc: str = "/proc") -> bool:
+    """Whether a thread of another process is runnable now and would want the spare core: the
+    running count of /proc/loadavg ("R/T", 4th field) less this process's running threads (this
+    one, the worker while it spins, torch's pool while it spins). False where /proc is not there."""
     try:
-        with open(loadavg) as file:
+        with open(f"{proc}/loadavg") as file:
             running = int(file.read().split()[3].split("/")[0])
+        ours = 0
+        for task in os.listdir(f"{proc}/self/task"):
+            with open(f"{proc}/self/task/{task}/stat") as file:
+                ours += file.read().rpartition(")")[2].split()[0] == "R"
     except (OSError, IndexError, ValueError):
         return False
-    ours = 1 + int(serving)  # this thread, and the worker while it spins
     return running - ours > _usable_cpus() - 2
 
 
@@ -83,7 +87,7 @@ class DecodeWorker:
             self._checked_at = now
             self._permitted = self.permitted()
             stalls, self._stalls_seen = int(MAILBOX[STALLS]) - self._stalls_seen, int(MAILBOX[STALLS])
-            busy = stalls >= STALLS_TOLERATED or _other_tasks_running(self.serving())
+            busy = stalls >= STALLS_TOLERATED or _other_tasks_running()
             if self._permitted and threads >= 2 and busy:
                 self._stopped_until = now + BACKOFF_S
         if not self._permitted or threads < 2 or now < self._stopped_until:
