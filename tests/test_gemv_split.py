@@ -63,59 +63,64 @@ def _one_core(weight, bias, x, x0, out, column):
     return expected
 
 
+def _alone(weight, bias, x, x0, out, column):
+    """What `gemv_large` computes without the worker (no worker serving)."""
+    expected = out.copy()
+    MAILBOX[OWNER] = 1  # taken: it runs every row itself
+    try:
+        assert gemv_split.gemv_large(weight, bias, x, x0, expected, column)
+    finally:
+        MAILBOX[OWNER] = 0
+    return expected
+
+
 @pytest.mark.parametrize("rows, bias, batch", [(1001, True, 2), (1536, False, 1), (36, True, 1)])
 def test_split_with_the_worker_gives_the_one_core_bits(worker, rows, bias, batch):
     before = int(MAILBOX[SPLITS])
     for seed in range(20):
         weight, bias_values, x, x0, out, column = _case(rows=rows, bias=bias, batch=batch, seed=seed)
-        expected = _one_core(weight, bias_values, x, x0, out, column)
-        assert gemv_split.split_gemv(weight, bias_values, x, x0, out, column)
+        expected = _alone(weight, bias_values, x, x0, out, column)
+        np.testing.assert_allclose(expected, _one_core(weight, bias_values, x, x0, out, column), rtol=1e-5, atol=1e-5)
+        assert gemv_split.gemv_large(weight, bias_values, x, x0, out, column)
         assert np.array_equal(out, expected)  # bit for bit, the untouched columns too
     assert MAILBOX[SPLITS] > before  # the worker took some halves
     assert MAILBOX[OWNER] == 0
 
 
 def test_a_caller_takes_its_task_back_when_no_worker_runs(no_worker):
+    weight, bias_values, x, x0, out, column = _case()
+    expected = _alone(weight, bias_values, x, x0, out, column)
     MAILBOX[ACTIVE] = 1  # as if a worker had just left: a posted task is never taken
     try:
         before = int(MAILBOX[SPLITS])
-        weight, bias_values, x, x0, out, column = _case()
-        expected = _one_core(weight, bias_values, x, x0, out, column)
-        assert gemv_split.split_gemv(weight, bias_values, x, x0, out, column)
+        assert gemv_split.gemv_large(weight, bias_values, x, x0, out, column)
         assert np.array_equal(out, expected)
         assert MAILBOX[SPLITS] == before
     finally:
         MAILBOX[ACTIVE] = 0
 
 
-def test_a_taken_mailbox_or_a_strided_matrix_is_not_split(no_worker):
+def test_a_strided_matrix_is_left_to_the_plain_gemv(no_worker):
     weight, bias_values, x, x0, out, column = _case()
-    MAILBOX[OWNER] = 1  # another thread is splitting
-    try:
-        assert not gemv_split.split_gemv(weight, bias_values, x, x0, out, column)
-    finally:
-        MAILBOX[OWNER] = 0
     strided = np.asfortranarray(weight)
-    assert not gemv_split.split_gemv(strided, bias_values, x, x0, out, column)
+    assert not gemv_split.gemv_large(strided, bias_values, x, x0, out, column)
     assert (out == 7.0).all()  # nothing written
 
 
 def test_threads_calling_at_once_each_get_their_own_result(worker):
     """Callers from several threads share one mailbox: the ones that find it taken run alone."""
     cases = [_case(seed=seed) for seed in range(4)]
-    expected = [_one_core(*case) for case in cases]
+    expected = [_alone(*case) for case in cases]
     errors = []
 
     def call(index):
         weight, bias_values, x, x0, out, column = cases[index]
         for _ in range(50):
             out[:] = 7.0
-            if not gemv_split.split_gemv(weight, bias_values, x, x0, out, column):
-                gemv_split.gemv_range(weight, bias_values, x, x0, out, column, 0, weight.shape[0])
+            assert gemv_split.gemv_large(weight, bias_values, x, x0, out, column)
             if not np.array_equal(out, expected[index]):
                 errors.append(index)
 
-    gemv_split.split_gemv(*_case())  # compiled before the threads start
     threads = [threading.Thread(target=call, args=(index,)) for index in range(4)]
     for thread in threads:
         thread.start()
@@ -124,15 +129,15 @@ def test_threads_calling_at_once_each_get_their_own_result(worker):
     assert errors == []
 
 
-@pytest.mark.parametrize("name", ["mamba", "jamba"])
-def test_decoding_with_the_worker_gives_the_one_core_logits(name, worker, monkeypatch):
+@pytest.mark.parametrize("name, batch", [("mamba", 1), ("jamba", 2), ("griffin", 1)])
+def test_decoding_with_the_worker_gives_the_one_core_logits(name, batch, worker, monkeypatch):
     torch.manual_seed(0)
     model = HybridLM(preset_config(name, "small")).eval()
-    prompt, tokens = torch.randint(0, 258, (1, 6)), torch.randint(0, 258, (1, 6))
+    prompt, tokens = torch.randint(0, 258, (batch, 6)), torch.randint(0, 258, (batch, 6))
 
     def decode():
         with torch.inference_mode():
-            cache = model.allocate_cache(1, max_len=16)
+            cache = model.allocate_cache(batch, max_len=16)
             model(prompt, cache=cache)
             return torch.cat([model(tokens[:, [t]], cache=cache) for t in range(tokens.shape[1])], 1)
 

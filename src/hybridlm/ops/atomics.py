@@ -1,5 +1,5 @@
 """Memory shared between threads inside numba kernels: atomic int64 slots, spin-wait hints, the
-time-stamp counter, and an address turned back into an array.
+time-stamp counter, and an address turned back into an array or called as a function.
 
 numba has no atomics on the CPU: a plain `box[i]` read in a loop may be hoisted out of it, and
 plain stores may be reordered around each other. These intrinsics emit LLVM's atomic load (acquire),
@@ -118,6 +118,21 @@ def _pointer_intrinsic(numba_type, llvm_type):
 
 float32_pointer = _pointer_intrinsic(types.float32, ir.FloatType())  # for numba.carray(address, shape)
 int64_pointer = _pointer_intrinsic(types.int64, _I64)
+
+
+@intrinsic
+def call_by_address(typingctx, address, arguments):
+    """Call the C function at `address` (int64) with the int64s of the tuple `arguments`, for nothing
+    back. An indirect call cannot be inlined: every caller runs the very same machine code."""
+    count = len(arguments)
+
+    def codegen(context, builder, signature, args):
+        function_type = ir.FunctionType(ir.VoidType(), [_I64] * count)
+        function = builder.inttoptr(args[0], function_type.as_pointer())
+        builder.call(function, [builder.extract_value(args[1], i) for i in range(count)])
+        return context.get_dummy_value()
+
+    return types.none(address, arguments), codegen
 
 
 def register_global(name: str, array: np.ndarray) -> None:

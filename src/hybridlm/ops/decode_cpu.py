@@ -159,8 +159,7 @@ def gemv_rows(weight, bias, x, x0, out, column):
     an empty bias for none (ops/gemv_split.py `gemv_range`). A matrix of SPLIT_MIN elements or more
     is split with the second core's worker while it serves (ops/decode_worker.py)."""
     rows, width = weight.shape
-    large = rows * width >= gemv_split.SPLIT_MIN
-    if not (large and gemv_split.worker_serving() and gemv_split.split_gemv(weight, bias, x, x0, out, column)):
+    if rows * width < gemv_split.SPLIT_MIN or not gemv_split.gemv_large(weight, bias, x, x0, out, column):
         gemv_split.gemv_range(weight, bias, x, x0, out, column, 0, rows)
 
 

@@ -6,7 +6,8 @@ Glossary: b batch rows, o weight rows (output features), i weight columns (input
 Decoding at batch 1 streams every weight once per token, and one core reads at most ~29 GB/s here
 (docs/benchmarks.md); two cores reading disjoint rows read ~55 GB/s. Every fused decoding step's
 GEMV goes through `decode_cpu.gemv_rows`, which hands half of a large enough matrix (SPLIT_MIN
-elements) to the worker through one process-wide mailbox, while the worker is serving:
+elements) to the worker through one process-wide mailbox, while the worker is serving (and runs
+every such GEMV through `gemv_by_address`, with or without it, for the same bits):
 
     caller                                   worker (spinning in `serve`)
     take the mailbox (OWNER 0 -> 1)
@@ -16,7 +17,7 @@ elements) to the worker through one process-wide mailbox, while the worker is se
 
 The caller never waits for a worker that has not taken the task: a worker that is asleep, stopped,
 descheduled or busy elsewhere leaves it POSTED, and the caller takes it back. Each row is computed
-by the same code whichever thread runs it, so the result is bit for bit the one-thread result. A
+by the same function whichever thread runs it, so the result is bit for bit the one-thread result. A
 caller that waits more than STALL_CYCLES for a task the worker took counts a stall: the worker's
 core was not free (ops/decode_worker.py then stops it for a while). Callers that find the mailbox
 taken (another thread decoding at the same time) run the whole GEMV themselves.
@@ -25,9 +26,10 @@ taken (another thread decoding at the same time) run the whole GEMV themselves.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit
+from numba import carray, cfunc, njit, types
 
 from .atomics import (
+    call_by_address,
     compare_exchange,
     cycles,
     float32_pointer,
@@ -45,7 +47,7 @@ STALL_CYCLES = 2_000_000  # ~0.8 ms of the time-stamp counter spent waiting for 
 SPIN_CYCLES = 100_000  # ~40 us without a task, after which the worker yields its core while it waits
 
 # Mailbox slots (int64). The slots both threads write sit on their own 64-byte lines.
-OWNER, STATE, ACTIVE, STOP, STALLS, SPLITS, TASK = 0, 8, 16, 24, 32, 33, 40
+OWNER, STATE, ACTIVE, STOP, STALLS, SPLITS, GEMV_FUNCTION, TASK = 0, 8, 16, 24, 32, 33, 34, 40
 W_PTR, ROWS, WIDTH, X_PTR, X_STRIDE, X0, BATCH, OUT_PTR, OUT_STRIDE, COLUMN, BIAS_PTR, BIAS_SIZE, R0 = range(
     TASK, TASK + 13
 )
@@ -105,28 +107,55 @@ def gemv_range(weight, bias, x, x0, out, column, first, last):
                 out[row, column + o] += bias[o]
 
 
+def _gemv_by_address(
+    weight, rows, width, bias, bias_size, x, batch, x_stride, x0, out, out_stride, column, first, last
+):  # noqa: E501
+    gemv_range(
+        carray(float32_pointer(weight), (rows, width)), carray(float32_pointer(bias), (bias_size,)),
+        carray(float32_pointer(x), (batch, x_stride)), x0, carray(float32_pointer(out), (batch, out_stride)),
+        column, first, last,
+    )  # fmt: skip
+
+
+_GEMV = cfunc(types.void(*[types.int64] * 14), fastmath=True, error_model="numpy", cache=True)(_gemv_by_address)
+MAILBOX[GEMV_FUNCTION] = _GEMV.address
+
+
+@njit(inline="always")
+def gemv_by_address(weight, rows, width, bias, bias_size, x, batch, x_stride, x0, out, out_stride, column, first, last):
+    """`gemv_range` over rows [first, last) of C-contiguous views made from addresses (int64), by one
+    compiled C function called through its address (the mailbox's GEMV_FUNCTION). Every large GEMV
+    runs it, on either thread and with or without the worker: each row is summed by the very same
+    machine code, so the logits do not depend on who computed which rows (a copy compiled into each
+    kernel would be vectorised, and so summed, as that kernel's optimiser chose)."""
+    arguments = (weight, rows, width, bias, bias_size, x, batch, x_stride, x0, out, out_stride, column, first, last)
+    call_by_address(mailbox()[GEMV_FUNCTION], arguments)
+
+
 @njit(fastmath=True, error_model="numpy")
-def split_gemv(weight, bias, x, x0, out, column) -> bool:
-    """`gemv_range` over every row, the second half by the worker when it takes it; False (nothing
-    written) when the mailbox is taken or an array is not row-major with unit column stride."""
+def gemv_large(weight, bias, x, x0, out, column) -> bool:
+    """`gemv_range` over every row by `gemv_by_address`, the second half by the worker when it serves
+    and takes it; False (nothing written) where an array is not row-major with unit column stride."""
     rows, width = weight.shape
     item = weight.itemsize
     if weight.strides[1] != item or weight.strides[0] != width * item or x.strides[1] != item:
         return False
     if out.strides[1] != item or (bias.size and bias.strides[0] != item):
         return False
+    w, b, x_at, out_at = weight.ctypes.data, bias.ctypes.data, x.ctypes.data, out.ctypes.data
+    batch, x_stride, out_stride = x.shape[0], x.strides[0] // item, out.strides[0] // item
     box = mailbox()
-    if not compare_exchange(box, OWNER, 0, 1):
-        return False
+    if not (worker_serving() and compare_exchange(box, OWNER, 0, 1)):  # alone (or another thread splits)
+        gemv_by_address(w, rows, width, b, bias.size, x_at, batch, x_stride, x0, out_at, out_stride, column, 0, rows)
+        return True
     half = rows // 2 - rows // 2 % 4
-    box[W_PTR], box[ROWS], box[WIDTH] = weight.ctypes.data, rows, width
-    box[X_PTR], box[X_STRIDE], box[X0], box[BATCH] = x.ctypes.data, x.strides[0] // item, x0, x.shape[0]
-    box[OUT_PTR], box[OUT_STRIDE], box[COLUMN] = out.ctypes.data, out.strides[0] // item, column
-    box[BIAS_PTR], box[BIAS_SIZE], box[R0] = bias.ctypes.data, bias.size, half
+    box[W_PTR], box[ROWS], box[WIDTH], box[BIAS_PTR], box[BIAS_SIZE] = w, rows, width, b, bias.size
+    box[X_PTR], box[BATCH], box[X_STRIDE], box[X0] = x_at, batch, x_stride, x0
+    box[OUT_PTR], box[OUT_STRIDE], box[COLUMN], box[R0] = out_at, out_stride, column, half
     store_release(box, STATE, POSTED)
-    gemv_range(weight, bias, x, x0, out, column, 0, half)
+    gemv_by_address(w, rows, width, b, bias.size, x_at, batch, x_stride, x0, out_at, out_stride, column, 0, half)
     if compare_exchange(box, STATE, POSTED, MAIN):
-        gemv_range(weight, bias, x, x0, out, column, half, rows)
+        gemv_by_address(w, rows, width, b, bias.size, x_at, batch, x_stride, x0, out_at, out_stride, column, half, rows)
     else:
         start = cycles()
         while load_acquire(box, STATE) != DONE:
@@ -141,12 +170,10 @@ def split_gemv(weight, bias, x, x0, out, column) -> bool:
 @njit(fastmath=True, error_model="numpy")
 def _run_task(box):
     """The posted task's rows [R0, ROWS), from the addresses and strides the caller wrote."""
-    rows, batch = box[ROWS], box[BATCH]
-    weight = carray(float32_pointer(box[W_PTR]), (rows, box[WIDTH]))
-    bias = carray(float32_pointer(box[BIAS_PTR]), (box[BIAS_SIZE],))
-    x = carray(float32_pointer(box[X_PTR]), (batch, box[X_STRIDE]))
-    out = carray(float32_pointer(box[OUT_PTR]), (batch, box[OUT_STRIDE]))
-    gemv_range(weight, bias, x, box[X0], out, box[COLUMN], box[R0], rows)
+    gemv_by_address(
+        box[W_PTR], box[ROWS], box[WIDTH], box[BIAS_PTR], box[BIAS_SIZE], box[X_PTR], box[BATCH], box[X_STRIDE],
+        box[X0], box[OUT_PTR], box[OUT_STRIDE], box[COLUMN], box[R0], box[ROWS],
+    )  # fmt: skip
 
 
 @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
