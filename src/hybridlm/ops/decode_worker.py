@@ -87,8 +87,8 @@ class DecodeWorker:
             self._checked_at = now
             self._permitted = self.permitted()
             stalls, self._stalls_seen = int(MAILBOX[STALLS]) - self._stalls_seen, int(MAILBOX[STALLS])
-            busy = stalls >= STALLS_TOLERATED or _other_tasks_running()
-            if self._permitted and threads >= 2 and busy:
+            wanted = self._permitted and threads >= 2
+            if wanted and (stalls >= STALLS_TOLERATED or _other_tasks_running()):  # /proc read only if wanted
                 self._stopped_until = now + BACKOFF_S
         if not self._permitted or threads < 2 or now < self._stopped_until:
             self.stop()
