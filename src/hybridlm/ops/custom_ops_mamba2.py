@@ -29,15 +29,20 @@ def ssd(
     return y, final_state.contiguous(), checkpoints
 
 
+def _fake_chunk_states(like: Tensor, batch: int, length: int, heads: int, head_dim: int, d_state: int) -> Tensor:
+    """The states an SSD forward saves at each chunk boundary (b, chunks + 1, h, padded p x n), fp32."""
+    n_chunks = (length + SSD_CHUNK - 1) // SSD_CHUNK
+    return like.new_empty(batch, n_chunks + 1, heads, *ssd_padded_shape(d_state, head_dim), dtype=torch.float32)
+
+
 @register_fake("hybridlm::ssd")
 def _(x, dt, A, B, C, D, initial_state):
     batch, length, heads, head_dim = x.shape
     d_state = B.shape[3]
-    n_chunks = (length + SSD_CHUNK - 1) // SSD_CHUNK
     return (
         x.new_empty(batch, length, heads, head_dim, dtype=torch.float32),
         x.new_empty(batch, heads, head_dim, d_state, dtype=torch.float32),
-        x.new_empty(batch, n_chunks + 1, heads, *ssd_padded_shape(d_state, head_dim), dtype=torch.float32),
+        _fake_chunk_states(x, batch, length, heads, head_dim, d_state),
     )
 
 
@@ -151,12 +156,11 @@ def ssd_mixer(
 def _(projected, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, n_groups, dt_low, dt_high, eps):
     d_inner, conv_dim, heads, head_dim, d_state = ssd_mixer_cpu.widths(projected, conv_weight, dt_bias, n_groups)
     batch, length = projected.shape[:2]
-    n_chunks = (length + SSD_CHUNK - 1) // SSD_CHUNK
     return (
         projected.new_empty(batch, length, d_inner, dtype=torch.float32),
         projected.new_empty(batch, length, conv_dim, dtype=torch.float32),
         projected.new_empty(batch, length, heads, head_dim, dtype=torch.float32),
-        projected.new_empty(batch, n_chunks + 1, heads, *ssd_padded_shape(d_state, head_dim), dtype=torch.float32),
+        _fake_chunk_states(projected, batch, length, heads, head_dim, d_state),
     )
 
 
