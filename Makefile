@@ -5,6 +5,8 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 TORCH_SPEC ?= torch==$(TORCH_VERSION)
 PIP_EXTRA ?=
+# test processes of `make test` (pytest-xdist); the tests marked serial run after them, alone
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 # glibc returns big freed blocks to the OS and re-zeroes them; measured to double a CPU training step
 export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
@@ -18,7 +20,8 @@ demo: $(VENV)/.base
 test: $(VENV)/.test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 -m 'not slow and not serial'
+	$(BIN)/python -m pytest -q -m 'serial and not slow'
 
 test-slow: $(VENV)/.test
 	$(BIN)/python -m pytest -q -m slow

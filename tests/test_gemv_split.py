@@ -15,6 +15,7 @@ from hybridlm.ops.gemv_split import ACTIVE, MAILBOX, OWNER, SPLITS, STALLS, STOP
 from hybridlm.presets import preset_config
 
 pytest.importorskip("numba")
+pytestmark = pytest.mark.serial  # the worker needs the second core to itself
 
 
 def _wait_for(condition, seconds=5.0) -> bool:
