@@ -123,14 +123,15 @@ MAILBOX[GEMV_FUNCTION] = _GEMV.address
 
 
 @njit(inline="always")
-def gemv_by_address(weight, rows, width, bias, bias_size, x, batch, x_stride, x0, out, out_stride, column, first, last):
-    """`gemv_range` over rows [first, last) of C-contiguous views made from addresses (int64), by one
-    compiled C function called through its address (the mailbox's GEMV_FUNCTION). Every large GEMV
-    runs it, on either thread and with or without the worker: each row is summed by the very same
-    machine code, so the logits do not depend on who computed which rows (a copy compiled into each
-    kernel would be vectorised, and so summed, as that kernel's optimiser chose)."""
-    arguments = (weight, rows, width, bias, bias_size, x, batch, x_stride, x0, out, out_stride, column, first, last)
-    call_by_address(mailbox()[GEMV_FUNCTION], arguments)
+def gemv_by_address(task, first, last):
+    """`gemv_range` over rows [first, last) of the GEMV `task`: (weight, rows, width, bias, bias size,
+    x, batch, x row stride, x0, out, out row stride, column), addresses and sizes (int64) of
+    C-contiguous views. It runs one compiled C function called through its address (the mailbox's
+    GEMV_FUNCTION). Every large GEMV runs it, on either thread and with or without the worker: each
+    row is summed by the very same machine code, so the logits do not depend on who computed which
+    rows (a copy compiled into each kernel would be vectorised, and so summed, as that kernel's
+    optimiser chose)."""
+    call_by_address(mailbox()[GEMV_FUNCTION], task + (first, last))
 
 
 @njit(fastmath=True, error_model="numpy")
@@ -145,18 +146,19 @@ def gemv_large(weight, bias, x, x0, out, column) -> bool:
         return False
     w, b, x_at, out_at = weight.ctypes.data, bias.ctypes.data, x.ctypes.data, out.ctypes.data
     batch, x_stride, out_stride = x.shape[0], x.strides[0] // item, out.strides[0] // item
+    task = (w, rows, width, b, bias.size, x_at, batch, x_stride, x0, out_at, out_stride, column)
     box = mailbox()
     if not (worker_serving() and compare_exchange(box, OWNER, 0, 1)):  # alone (or another thread splits)
-        gemv_by_address(w, rows, width, b, bias.size, x_at, batch, x_stride, x0, out_at, out_stride, column, 0, rows)
+        gemv_by_address(task, 0, rows)
         return True
     half = rows // 2 - rows // 2 % 4
     box[W_PTR], box[ROWS], box[WIDTH], box[BIAS_PTR], box[BIAS_SIZE] = w, rows, width, b, bias.size
     box[X_PTR], box[BATCH], box[X_STRIDE], box[X0] = x_at, batch, x_stride, x0
     box[OUT_PTR], box[OUT_STRIDE], box[COLUMN], box[R0] = out_at, out_stride, column, half
     store_release(box, STATE, POSTED)
-    gemv_by_address(w, rows, width, b, bias.size, x_at, batch, x_stride, x0, out_at, out_stride, column, 0, half)
+    gemv_by_address(task, 0, half)
     if compare_exchange(box, STATE, POSTED, MAIN):
-        gemv_by_address(w, rows, width, b, bias.size, x_at, batch, x_stride, x0, out_at, out_stride, column, half, rows)
+        gemv_by_address(task, half, rows)
     else:
         start = cycles()
         while load_acquire(box, STATE) != DONE:
@@ -171,10 +173,11 @@ def gemv_large(weight, bias, x, x0, out, column) -> bool:
 @njit(fastmath=True, error_model="numpy")
 def _run_task(box):
     """The posted task's rows [R0, ROWS), from the addresses and strides the caller wrote."""
-    gemv_by_address(
+    task = (
         box[W_PTR], box[ROWS], box[WIDTH], box[BIAS_PTR], box[BIAS_SIZE], box[X_PTR], box[BATCH], box[X_STRIDE],
-        box[X0], box[OUT_PTR], box[OUT_STRIDE], box[COLUMN], box[R0], box[ROWS],
+        box[X0], box[OUT_PTR], box[OUT_STRIDE], box[COLUMN],
     )  # fmt: skip
+    gemv_by_address(task, box[R0], box[ROWS])
 
 
 @njit(nogil=True, fastmath=True, error_model="numpy", cache=True)
