@@ -34,7 +34,7 @@ def test_machine_line_names_cpu_threads_and_versions():
 
 
 def test_every_bench_report_starts_with_the_machine(capsys, monkeypatch):
-    monkeypatch.setattr(bench_cli, "suite_rows", lambda name, quick, threads: [Row(name, "step", 0.5, 1.0, "ref")])
+    monkeypatch.setattr(bench_cli, "suite_rows", lambda name, *_: [Row(name, "step", 0.5, 1.0, "ref")])
     assert main(["bench", "data", "--quick"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("machine: ") and "1 thread(s)" in lines[0]
