@@ -27,19 +27,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object per row instead of tables")
     parser.add_argument(
         "--presets",
-        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        type=lambda text: tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip())),
         default=None,
         metavar="P[,P...]",
-        help=f"the presets of the suites that build models ({', '.join(MODEL_SUITES)}; default: each suite's own)",
+        help=f"the presets of the suites that build models ({', '.join(MODEL_SUITES)}; default: each suite's "
+        "own); without a SUITE, those suites run",
     )
     parser.add_argument(
-        "--size", default=None, help="their preset size: tiny, small or paper (default: models tiny, the others small)"
+        "--size",
+        default=None,
+        help="their preset size: tiny, small or paper (default: models and compiled --quick tiny, the others small)",
     )
 
 
 def suite_rows(name: str, quick: bool, threads: int, presets: tuple | None = None, size: str | None = None) -> list:
     """Run one suite with its quick or full settings, on `presets` at `size` where given (the suites in
-    MODEL_SUITES; the others ignore them); returns `bench.timing.Row`s."""
+    MODEL_SUITES; the others ignore them; context's jamba-against-transformer KV rows run where jamba is
+    among the presets); returns `bench.timing.Row`s."""
     from ..bench import allocator, compiled, context, data, decode_profile, kernels, models, serve, training
 
     chosen = {key: value for key, value in (("presets", presets), ("size", size)) if value is not None}
@@ -62,7 +66,8 @@ def suite_rows(name: str, quick: bool, threads: int, presets: tuple | None = Non
             )
         return training.training_rows(**scope())
     if name == "context":
-        kv_rows = context.jamba_kv_rows(**({"size": size} if size else {}))
+        with_jamba = presets is None or "jamba" in presets
+        kv_rows = context.jamba_kv_rows(**({"size": size} if size else {})) if with_jamba else []
         if quick:
             return kv_rows + context.context_rows(**scope(), contexts=(1024, 4096), steps=8)
         return kv_rows + context.context_rows(**scope())
@@ -81,9 +86,17 @@ def suite_rows(name: str, quick: bool, threads: int, presets: tuple | None = Non
     return allocator.allocator_rows(batch=2 if quick else 4, seq_len=128 if quick else 256, threads=threads)
 
 
-def check_scope(suites, presets: tuple | None, size: str | None) -> None:
+def chosen_suites(named: list, presets: tuple | None, size: str | None) -> tuple:
+    """The suites to run: those named; else, with `--presets` or `--size`, the suites that build models;
+    else every suite."""
+    if named:
+        return tuple(named)
+    return MODEL_SUITES if presets is not None or size is not None else SUITES
+
+
+def check_scope(suites, presets: tuple | None, size: str | None, named: bool = True) -> None:
     """Refuse, before anything runs, `--presets`/`--size` that name no preset or size, that no chosen suite
-    uses, or a preset `bench models` has no transformers twin for."""
+    uses, or a preset `bench models` has no transformers twin for (`named`: the user chose the suites)."""
     from ..bench.models import HF_FAMILIES
     from ..presets import SIZES, preset_description
 
@@ -99,9 +112,15 @@ def check_scope(suites, presets: tuple | None, size: str | None) -> None:
         raise ConfigError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
     outside = [preset for preset in presets or () if preset not in HF_FAMILIES]
     if "models" in suites and outside:
+        others = " ".join(name for name in suites if name != "models")
+        advice = (
+            "leave out the suite models, or that preset"
+            if named
+            else f"name the suites: `hybridlm bench {others} --presets {','.join(presets)}`"
+        )
         raise ConfigError(
             f"`bench models` compares against transformers' twins of {', '.join(HF_FAMILIES)}; {outside[0]!r} has "
-            "none (leave out the suite models, or that preset)"
+            f"none ({advice})"
         )
 
 
@@ -113,8 +132,8 @@ def run(args) -> None:
         raise ConfigError(f"unknown benchmark suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
     if args.threads < 1:
         raise ConfigError("--threads must be >= 1")
-    suites = args.suites or SUITES
-    check_scope(suites, args.presets, args.size)
+    suites = chosen_suites(args.suites, args.presets, args.size)
+    check_scope(suites, args.presets, args.size, named=bool(args.suites))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(json.dumps({"machine": machine_info()}) if args.json else machine_line())
