@@ -284,12 +284,17 @@ def preset_description(name: str) -> str:
 def preset_fields(name: str, size: str) -> dict:
     """The config fields of preset `name` at `size`: the byte vocabulary, then "base", then the size's own."""
     _, sizes = _lookup(name)
-    if size not in SIZES:
-        raise ConfigError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    check_size(size)
     fields: dict = {"vocab_size": BYTE_VOCAB}
     _merge(fields, sizes.get("base", {}))
     _merge(fields, sizes[size])
     return fields
+
+
+def check_size(size: str) -> None:
+    """A one-line ConfigError naming the sizes, unless `size` is one of them."""
+    if size not in SIZES:
+        raise ConfigError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
 
 
 def _lookup(name: str):

@@ -94,11 +94,11 @@ def chosen_suites(named: list, presets: tuple | None, size: str | None) -> tuple
     return MODEL_SUITES if presets is not None or size is not None else SUITES
 
 
-def check_scope(suites, presets: tuple | None, size: str | None, named: bool = True) -> None:
+def check_scope(suites, presets: tuple | None, size: str | None, named: bool) -> None:
     """Refuse, before anything runs, `--presets`/`--size` that name no preset or size, that no chosen suite
     uses, or a preset `bench models` has no transformers twin for (`named`: the user chose the suites)."""
     from ..bench.models import HF_FAMILIES
-    from ..presets import SIZES, preset_description
+    from ..preset_table import check_size, preset_description
 
     if presets is None and size is None:
         return
@@ -108,8 +108,8 @@ def check_scope(suites, presets: tuple | None, size: str | None, named: bool = T
         raise ConfigError("--presets names no preset")
     for preset in presets or ():
         preset_description(preset)  # a one-line ConfigError listing the presets for an unknown one
-    if size is not None and size not in SIZES:
-        raise ConfigError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    if size is not None:
+        check_size(size)
     outside = [preset for preset in presets or () if preset not in HF_FAMILIES]
     if "models" in suites and outside:
         others = " ".join(name for name in suites if name != "models")
