@@ -81,7 +81,11 @@ class DecodeProgram:
         self._lay_out(model, steps)
         self.places = np.zeros((max(len(self.kv_caches), 1), 2), np.int64)
         moes = [(model.layers[i].mixer, step) for i, step in enumerate(steps) if step.kind == "moe"]
-        self.routed = [(moe, step.args[-2], step.args[-1]) for moe, step in moes]  # probabilities, chosen
+        # what the per-sub-layer path records (layers/moe.py `_routing`), as views of the kernel's own
+        # probabilities and chosen experts: the next token overwrites them, and `stats` reads the last one
+        self.routed = [
+            (moe, (torch.from_numpy(step.args[-2]), torch.from_numpy(step.args[-1]), None)) for moe, step in moes
+        ]
         steps = [call for step in steps for call, _ in _calls(step)] + [step for step in steps if step.parts]
         held = [weights for step in steps for weights in step.weights] + [head_weights]
         self.weights = DecodeWeights(
@@ -139,17 +143,18 @@ class DecodeProgram:
         if self.splits:
             decode_worker.WORKER.offer()
         logits = np.empty((self.batch, self.vocab), np.float32)
-        ids = input_ids.reshape(-1).to(torch.int64).contiguous()  # one compiled `_run` for every slice of ids
+        ids = np.ascontiguousarray(input_ids.numpy().reshape(-1), np.int64)  # one compiled `_run` for any ids
+        positions = cache.seen.numpy()
         _run(
-            ids.numpy(), self.embedding, self.embedding_scale, cache.seen.numpy(), self.places,
+            ids, self.embedding, self.embedding_scale, positions, self.places,
             self.scales, self.order, *self.lists, self.head, self.softcap, logits,
         )  # fmt: skip
         for kv_cache in self.kv_caches:
             kv_cache.length += 1
-        for moe, probs, chosen in self.routed:  # what the per-sub-layer path records (layers/moe.py)
-            moe._routing = (torch.from_numpy(probs.copy()), torch.from_numpy(chosen.copy()), None)
-        cache.seen = cache.seen + 1
-        return torch.from_numpy(logits).view(self.batch, 1, self.vocab)
+        for moe, routing in self.routed:
+            moe.__dict__["_routing"] = routing  # a plain attribute: without nn.Module.__setattr__'s checks
+        cache.seen = torch.from_numpy(positions + 1)  # numpy's add and reshape: cheaper than torch's here
+        return torch.from_numpy(logits.reshape(self.batch, 1, self.vocab))
 
 
 def _calls(step: ProgramStep) -> list:

@@ -78,28 +78,18 @@ def gemv_range(weight, bias, x, x0, out, column, first, last):
     """out[:, column + r] = x[:, x0 : x0 + i] @ weight[r] (+ bias[r]) for rows r in [first, last);
     weight (o, i) row-major, an empty bias for none.
 
-    Four weight rows at a time, in their stored order, each read once for all b rows: four dot
-    products per pass over x, so the loop along i vectorises, four accumulators hide the FMA latency
-    and four streams of weights are in flight (with the weights out of cache: 20.7 against 17.8 GB/s
-    for one row at a time, over the small transformer's matrices)."""
+    One weight row at a time, in stored order, each read once for all b rows: the weights stream as
+    one sequential read. Four rows at a time (four dot products per pass over x) read four streams
+    1-4 KiB apart, which this host's prefetchers (AMD Zen 4) follow at 11 GB/s against 25 GB/s for one
+    stream (docs/benchmarks.md, "One weight row at a time"). x is sliced per row, so that the loop
+    indexes it from 0 and vectorises (an offset index x0 + i compiles to gathers)."""
     width = weight.shape[1]
-    blocked = last - (last - first) % 4
-    for o in range(first, blocked, 4):
+    for o in range(first, last):
         for row in range(x.shape[0]):
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(width):
-                v = x[row, x0 + i]
-                a0 += weight[o, i] * v
-                a1 += weight[o + 1, i] * v
-                a2 += weight[o + 2, i] * v
-                a3 += weight[o + 3, i] * v
-            out[row, column + o], out[row, column + o + 1] = a0, a1
-            out[row, column + o + 2], out[row, column + o + 3] = a2, a3
-    for o in range(blocked, last):
-        for row in range(x.shape[0]):
+            inputs = x[row, x0 : x0 + width]
             acc = np.float32(0.0)
             for i in range(width):
-                acc += weight[o, i] * x[row, x0 + i]
+                acc += weight[o, i] * inputs[i]
             out[row, column + o] = acc
     if bias.size:
         for row in range(x.shape[0]):
@@ -112,10 +102,7 @@ def _gemv_by_address(
 ):  # noqa: E501
     w, b = carray(float32_pointer(weight), (rows, width)), carray(float32_pointer(bias), (bias_size,))
     x_view, out_view = carray(float32_pointer(x), (batch, x_stride)), carray(float32_pointer(out), (batch, out_stride))
-    if x0 == 0 and column == 0:  # most GEMVs: the loop without the offsets runs 7 % faster here
-        gemv_range(w, b, x_view, 0, out_view, 0, first, last)
-    else:
-        gemv_range(w, b, x_view, x0, out_view, column, first, last)
+    gemv_range(w, b, x_view, x0, out_view, column, first, last)
 
 
 _GEMV = cfunc(types.void(*[types.int64] * 14), fastmath=True, error_model="numpy", cache=True)(_gemv_by_address)
