@@ -78,6 +78,51 @@ def _plain_sum():
     return plain_sum
 
 
+def gemv_stream_row(preset: str = "transformer", size: str = "small", rounds: int = 8) -> Row:
+    """The decoding GEMV's pace against a plain read of as many bytes: every 2-D parameter of the
+    preset's model times a vector by `decode_cpu.gemv_rows`, one matrix after another as a decoded
+    token streams them, alternated with the plain read (`read_bandwidth`'s numba sum over one buffer),
+    best of `rounds`. ratio = read time / GEMV time: 1.0 is a GEMV streaming at the host's read pace
+    (on the 12-02 AMD host, four interleaved weight rows a pass gave 0.32-0.45, one row 0.75-0.84)."""
+    from numba import typed
+
+    from ..ops.decode_cpu import weight_view
+
+    torch.manual_seed(0)
+    model = HybridLM(preset_config(preset, size))
+    matrices = typed.List([weight_view(p) for p in model.parameters() if p.dim() == 2])
+    nbytes = sum(m.nbytes for m in matrices)
+    x = np.ones((1, max(m.shape[1] for m in matrices)), np.float32)
+    out = np.empty((1, max(m.shape[0] for m in matrices)), np.float32)
+    buffer, plain_sum, gemvs = np.ones(nbytes // FP32_BYTES, np.float32), _plain_sum(), _gemv_each()
+    gemv_s = read_s = float("inf")
+    for _ in range(rounds + 1):  # the first round compiles and warms up
+        start = time.perf_counter()
+        gemvs(matrices, x, out)
+        middle = time.perf_counter()
+        plain_sum(buffer)
+        gemv_s, read_s = min(gemv_s, middle - start), min(read_s, time.perf_counter() - middle)
+    notes = {"MB": nbytes / 1e6, "gemv_GB_per_s": nbytes / gemv_s / 1e9, "read_GB_per_s": nbytes / read_s / 1e9}
+    return Row("decode-profile", f"GEMV over {preset} {size}'s matrices", gemv_s, read_s, "plain read", 0, notes)
+
+
+@functools.cache
+def _gemv_each():
+    """A numba loop: out[:, :o] = x[:, :i] @ m.T for each matrix m (o, i) of a typed list, by the
+    decoding GEMV (`decode_cpu.gemv_rows`, the second core's worker included while it serves)."""
+    from numba import njit
+
+    from ..ops.decode_cpu import gemv_rows
+
+    @njit(fastmath=True)
+    def gemv_each(matrices, x, out):
+        no_bias = np.empty(0, np.float32)
+        for matrix in matrices:
+            gemv_rows(matrix, no_bias, x, 0, out, 0)
+
+    return gemv_each
+
+
 def _decode(model: HybridLM, cache, steps: int) -> float:
     token = torch.zeros(1, 1, dtype=torch.long)
     start = time.perf_counter()
@@ -139,6 +184,8 @@ def decode_profile_rows(
                     notes["threads"] = 2
                     notes["speedup_over_one_core"] = walls["fused kernels"] / wall
                 rows.append(Row("decode-profile", f"{preset} {size} decode step ({label})", wall, None, "", 1, notes))
+    if kernel_choice().cpu == "numba":
+        rows.append(gemv_stream_row(presets[0], size))
     return rows
 
 
