@@ -83,7 +83,7 @@ def gemv_stream_row(preset: str = "transformer", size: str = "small", rounds: in
     preset's model times a vector by `decode_cpu.gemv_rows`, one matrix after another as a decoded
     token streams them, alternated with the plain read (`read_bandwidth`'s numba sum over one buffer),
     best of `rounds`. ratio = read time / GEMV time: 1.0 is a GEMV streaming at the host's read pace
-    (on the 12-02 AMD host, four interleaved weight rows a pass gave 0.32-0.45, one row 0.75-0.84)."""
+    (on the 12-02 AMD host, four interleaved weight rows a pass gave 0.27-0.49, one row 0.64-0.99)."""
     from numba import typed
 
     from ..ops.decode_cpu import weight_view
@@ -94,7 +94,8 @@ def gemv_stream_row(preset: str = "transformer", size: str = "small", rounds: in
     nbytes = sum(m.nbytes for m in matrices)
     x = np.ones((1, max(m.shape[1] for m in matrices)), np.float32)
     out = np.empty((1, max(m.shape[0] for m in matrices)), np.float32)
-    buffer, plain_sum, gemvs = np.ones(nbytes // FP32_BYTES, np.float32), _plain_sum(), _gemv_each()
+    buffer = torch.ones(nbytes // FP32_BYTES).numpy()  # torch's memory, as the weights' (numpy's asks for huge pages)
+    plain_sum, gemvs = _plain_sum(), _gemv_each()
     gemv_s = read_s = float("inf")
     for _ in range(rounds + 1):  # the first round compiles and warms up
         start = time.perf_counter()
