@@ -80,9 +80,10 @@ def gemv_range(weight, bias, x, x0, out, column, first, last):
 
     One weight row at a time, in stored order, each read once for all b rows: the weights stream as
     one sequential read. Four rows at a time (four dot products per pass over x) read four streams
-    1-4 KiB apart, which this host's prefetchers (AMD Zen 4) follow at 11 GB/s against 25 GB/s for one
-    stream (docs/benchmarks.md, "One weight row at a time"). x's index is unsigned: a signed x0 + i
-    compiles to gathers (numba wraps negative indices), a slice of x per row to 2.5x the code."""
+    1.5-6 KiB apart, which an AMD Zen 4's prefetchers followed at 11 GB/s against 25 GB/s for one
+    stream (an Intel Xeon measured the opposite, 20.7 against 17.8 GB/s; docs/benchmarks.md, "One
+    weight row at a time"). x's index is unsigned: a signed x0 + i compiles to gathers (numba wraps
+    negative indices), a slice of x per row to 2.5x the code."""
     width = weight.shape[1]
     start = uintp(x0)
     for o in range(first, last):
