@@ -1,9 +1,15 @@
 """`hybridlm bench models`: identical weights on both sides, alternated timings, all three workloads."""
 
-import pytest
+import tempfile
 
+import pytest
+import torch
+
+from hybridlm.bench.hf_twin import transformers_twin
 from hybridlm.bench.models import model_rows
 from hybridlm.bench.timing import alternated_times
+from hybridlm.model import HybridLM
+from hybridlm.presets import preset_config
 
 pytest.importorskip("transformers")
 
@@ -26,3 +32,14 @@ def test_alternated_times_runs_each_side_in_turn():
     calls = []
     alternated_times(lambda: calls.append("a"), lambda: calls.append("b"), repeats=2, warmup=1)
     assert calls == ["a", "b"] * 3
+
+
+def test_the_transformers_twin_has_our_logits_and_leaves_no_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    torch.manual_seed(0)
+    ours = HybridLM(preset_config("mamba", "tiny")).eval()
+    theirs = transformers_twin(ours).eval()
+    tokens = torch.randint(0, 256, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(tokens).logits, ours(tokens), rtol=1e-4, atol=1e-4)
+    assert list(tmp_path.iterdir()) == []

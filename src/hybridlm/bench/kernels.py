@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from ..model import HybridLM
 from ..ops.dispatch import kernels, selective_scan
 from ..ops.selective_scan import selective_scan_ref
 from . import scan_floor
+from .hf_twin import transformers_twin
 from .scan_floor import scan_inputs
 from .timing import Row, alternated_times, best_time
 
@@ -114,14 +114,8 @@ def huggingface_mixer_rows(forward_length: int, backward_length: int, batch: int
     """Our Mamba layer vs transformers' MambaMixer (its CPU torch path) and mambapy's MambaBlock, same weights."""
     if importlib.util.find_spec("transformers") is None:
         return []
-    import transformers
-
-    from ..hf import save_hf
-
     ours_model = _layer_model("M", tie_embeddings=True)
-    directory = tempfile.mkdtemp(prefix="hybridlm-bench-")
-    save_hf(ours_model, directory)
-    theirs_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    theirs_model = transformers_twin(ours_model)
     ours, theirs = ours_model.layers[0].mixer, theirs_model.backbone.layers[0].mixer
     others = {"transformers MambaMixer": lambda u: theirs(u)}
     if importlib.util.find_spec("mambapy") is not None:
@@ -168,14 +162,8 @@ def huggingface_mamba2_rows(lengths, batch: int = 2, repeats: int = 5, d_state: 
     forward+backward (training mode) and forward: A/B alternated medians."""
     if importlib.util.find_spec("transformers") is None:
         return []
-    import transformers
-
-    from ..hf import save_hf
-
     ours_model = _layer_model("D", tie_embeddings=True, mamba2={"d_state": d_state, "head_dim": head_dim})
-    directory = tempfile.mkdtemp(prefix="hybridlm-bench-")
-    save_hf(ours_model, directory)
-    theirs_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    theirs_model = transformers_twin(ours_model)
     ours, theirs = ours_model.layers[0].mixer.train(), theirs_model.backbone.layers[0].mixer.train()
     rows = []
     for length in lengths:

@@ -12,13 +12,13 @@ Each pair of measurements is alternated in one process and the medians compared
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 
 import torch
 import torch.nn.functional as F
 
 from ..model import HybridLM
 from ..presets import preset_config
+from .hf_twin import transformers_twin
 from .timing import Row, alternated_times
 
 # presets transformers has a class for (Jamba, Mamba, RecurrentGemma, Mamba2, Zamba2)
@@ -29,16 +29,10 @@ def paired_models(preset: str, size: str):
     """(ours, theirs, max |logit difference| on a probe) with the same weights, or None without transformers."""
     if importlib.util.find_spec("transformers") is None:
         return None
-    import transformers
-
-    from ..hf import save_hf
-
     torch.manual_seed(0)
     ours = HybridLM(preset_config(preset, size)).eval()
-    directory = tempfile.mkdtemp(prefix="hybridlm-bench-")
-    save_hf(ours, directory)
     overrides = {"use_mambapy": True} if importlib.util.find_spec("mambapy") else {}
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **overrides).eval()
+    theirs = transformers_twin(ours, **overrides).eval()
     probe = torch.randint(0, 256, (1, 32))
     with torch.no_grad():
         difference = (ours(probe) - theirs(probe).logits).abs().max().item()
