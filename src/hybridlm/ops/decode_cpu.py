@@ -38,7 +38,7 @@ from numba import njit
 from torch.nn.modules import module as torch_module
 
 from . import gemv_split
-from .numba_support import _pointer_view, sigmoid
+from .numba_support import _pointer_view, copy_into, sigmoid
 
 _GENERATION = [0]  # bumped whenever any module or parameter is registered: cached views may be stale
 
@@ -211,7 +211,7 @@ def _mlp_step(x, norm_weight, eps, offset, activation, gate, gate_bias, up, up_b
     if norm_weight.size:
         rms_norm_into(x, norm_weight, eps, offset, normed)
     else:  # an MoE expert: its input is already normed
-        normed[:] = x
+        copy_into(normed, x)
     mlp_into(normed, activation, gate, gate_bias, up, up_bias, down, down_bias, out)
 
 

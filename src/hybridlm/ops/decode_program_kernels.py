@@ -25,6 +25,7 @@ from . import (
     rglru_step_cpu,
     shared_step_cpu,
 )
+from .numba_support import copy_into
 
 KINDS = ("mamba", "mamba2", "mlp", "moe", "attention", "shared", "rglru", "hyena")  # the kernels a step may name
 _MAMBA, _MAMBA2, _MLP, _MOE, _ATTENTION, _SHARED, _RGLRU, _HYENA = range(len(KINDS))
@@ -178,11 +179,11 @@ def run(
                     out[row, i] += held[row, i]
         holding = holds != 0
         if holding:
-            held[:] = out
+            copy_into(held, out)
             continue
         feeding = feeds != 0
         if feeding:
-            fed[:] = out
+            copy_into(fed, out)
         else:
             for row in range(batch):
                 for i in range(width):

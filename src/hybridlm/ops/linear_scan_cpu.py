@@ -19,7 +19,7 @@ import torch
 from numba import prange
 
 from .linear_scan import SqrtBoundDerivative
-from .numba_support import Kernel, as_array, exp_nonpositive, expm1_nonpositive
+from .numba_support import Kernel, as_array, copy_into, exp_nonpositive, expm1_nonpositive
 
 BLOCK = 1024  # channels per work item: numba's per-slice cost is paid per step, so whole rows where possible
 MIN_SQRT_ARGUMENT = 1.0 / (4 * SqrtBoundDerivative.max_gradient**2)  # where d sqrt(u)/du is clipped
@@ -43,7 +43,7 @@ def _forward(x, gate_i, gate_r, log_a_scale, reset, h0, block, states):
                     log_a = r_t[c] * scale[c]
                     multiplier = np.sqrt(-expm1_nonpositive(2 * log_a))  # 1 - a^2 without cancellation as a -> 1
                     h[c] = exp_nonpositive(log_a) * h[c] + multiplier * i_t[c] * x_t[c]
-            states[row, t, c0:c1] = h
+            copy_into(states[row, t, c0:c1], h)
 
 
 def _backward(
@@ -84,8 +84,8 @@ def _backward(
                 grad_r_t[c] = grad_log_a * scale[c]
                 grad_scale_total[c] += grad_log_a * r_t[c]
                 grad_h[c] *= a
-        grad_h0[row, c0:c1] = grad_h
-        grad_scale[row, c0:c1] = grad_scale_total
+        copy_into(grad_h0[row, c0:c1], grad_h)
+        copy_into(grad_scale[row, c0:c1], grad_scale_total)
 
 
 _forward_kernel, _backward_kernel = Kernel(_forward), Kernel(_backward)

@@ -21,6 +21,7 @@ import torch
 from numba import njit
 
 from .fftconv import STATE_DTYPE
+from .numba_support import copy_into
 
 CHUNK = 64
 
@@ -33,7 +34,7 @@ def _forward_kernel(u, poles, residue, state, chunk, out, checkpoints, keep_chec
     for row in range(batch):
         for t in range(length):
             if keep_checkpoints and t % chunk == 0:
-                checkpoints[row, t // chunk] = state[row]
+                copy_into(checkpoints[row, t // chunk], state[row])
             for c in range(channels):
                 y = 0.0
                 for k in range(n_modes):
@@ -54,7 +55,7 @@ def _backward_kernel(u, poles, residue, checkpoints, grad_out, grad_state, chunk
         for chunk_index in range(n_chunks - 1, -1, -1):
             t0 = chunk_index * chunk
             t1 = min(length, t0 + chunk)
-            states[0] = checkpoints[row, chunk_index]
+            copy_into(states[0], checkpoints[row, chunk_index])
             for t in range(t0, t1):
                 for c in range(channels):
                     for k in range(n_modes):

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, overload
 
 PARALLEL_MIN_WORK = 1 << 18  # elements a call touches below which the serial build runs
 
@@ -86,6 +87,38 @@ def sigmoid(x):
     """1 / (1 + exp(-x)) from exp of a non-positive number only, so it cannot overflow."""
     e = exp_nonpositive(-abs(x))
     return np.float32(1.0) / (np.float32(1.0) + e) if x >= 0 else e / (np.float32(1.0) + e)
+
+
+def copy_into(destination, source):
+    """destination[...] = source for two 1-D or 2-D arrays (or views) of the same shape.
+
+    Kernels call this instead of a slice assignment `a[:] = b`: numba compiles that one's shape
+    mismatch message (string formatting) into the kernel, 1.5-4.6 s of a cold process's compile."""
+    raise NotImplementedError  # replaced inside jitted code by the overload below
+
+
+@overload(copy_into, inline="always")
+def _copy_into(destination, source):
+    if destination.ndim != source.ndim or destination.ndim not in (1, 2):
+        raise TypingError("copy_into takes two 1-D or two 2-D arrays")
+    if destination.ndim == 1:
+
+        def copy_vector(destination, source):
+            if destination.shape != source.shape:
+                raise ValueError("copy_into: the arrays' shapes differ")
+            for i in range(source.shape[0]):
+                destination[i] = source[i]
+
+        return copy_vector
+
+    def copy_matrix(destination, source):
+        if destination.shape != source.shape:
+            raise ValueError("copy_into: the arrays' shapes differ")
+        for i in range(source.shape[0]):
+            for j in range(source.shape[1]):
+                destination[i, j] = source[i, j]
+
+    return copy_matrix
 
 
 def as_array(t: torch.Tensor) -> np.ndarray:

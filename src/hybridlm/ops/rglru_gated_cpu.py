@@ -21,7 +21,7 @@ import torch
 from numba import njit, prange
 
 from .linear_scan_cpu import MIN_SQRT_ARGUMENT
-from .numba_support import Kernel, as_array, exp_nonpositive, expm1_nonpositive, sigmoid
+from .numba_support import Kernel, as_array, copy_into, exp_nonpositive, expm1_nonpositive, sigmoid
 
 ACTIVATION_KINDS = {"gelu_tanh": 0, "silu": 1, "gelu": 2, "relu": 3}  # the layer's act() on the y branch
 _GELU_K = np.float32(0.7978845608028654)  # sqrt(2 / pi)
@@ -138,8 +138,8 @@ def _gated_forward(x, gates, y_pre, log_a_scale, reset, h0, kind, keep_states, s
                     h[c] = exp_nonpositive(log_a) * h[c] + multiplier * sigmoid(g[c]) * x_t[c]
             _gate_output(h, y_t, out_t, kind)
             if keep_states:
-                states[row, t, c0:c1] = h
-        final[row, c0:c1] = h
+                copy_into(states[row, t, c0:c1], h)
+        copy_into(final[row, c0:c1], h)
 
 
 def _gated_backward(
@@ -184,8 +184,8 @@ def _gated_backward(
                 grad_g[width + c] = grad_log_a * scale[c] * r * (_ONE - r)
                 grad_scale_total[c] += grad_log_a * r
                 grad_h[c] *= a
-        grad_h0[row, c0:c1] = grad_h
-        grad_scale[row, c0:c1] = grad_scale_total
+        copy_into(grad_h0[row, c0:c1], grad_h)
+        copy_into(grad_scale[row, c0:c1], grad_scale_total)
 
 
 _gated_forward_kernel, _gated_backward_kernel = Kernel(_gated_forward), Kernel(_gated_backward)

@@ -36,6 +36,7 @@ from .decode_cpu import (
     viewable,
     weight_view,
 )
+from .numba_support import copy_into
 
 _NO_ADAPTER = np.zeros((0, 0), np.float32)
 
@@ -44,8 +45,8 @@ _NO_ADAPTER = np.zeros((0, 0), np.float32)
 def _project(x, e, norm_weight, eps, offset, matrices, biases, downs, ups, out):
     batch, width = x.shape
     joined = np.empty((batch, 2 * width), np.float32)
-    joined[:, :width] = x
-    joined[:, width:] = e
+    copy_into(joined[:, :width], x)
+    copy_into(joined[:, width:], e)
     normed = np.empty_like(joined)
     rms_norm_into(joined, norm_weight, eps, offset, normed)
     column = 0

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import simd
-from .numba_support import Kernel, exp_nonpositive
+from .numba_support import Kernel, copy_into, exp_nonpositive
 from .simd import LANES
 
 
@@ -101,7 +101,7 @@ def _backward(
             grad_D_total += grad_D_chunk
         for i in range(d_state * head_dim):
             flat_grad_h[i] *= carry
-        grad_h0[b, head] = grad_h
+        copy_into(grad_h0[b, head], grad_h)
         grad_A[b, head] = grad_A_total
         grad_D[b, head] = grad_D_total
     for token in prange(batch * length):  # after every head is done: sum each group's heads

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from numba import prange
 
 from . import simd
-from .numba_support import Kernel, as_array, exp_nonpositive, strided_view
+from .numba_support import Kernel, as_array, copy_into, exp_nonpositive, strided_view
 from .simd import LANES
 from .ssd_backward_cpu import backward_kernel
 
@@ -60,7 +60,7 @@ def _forward(x, dt, A, B, C, D, h0, chunk, y, final_state, checkpoints, keep_che
         for t0 in range(0, length, chunk):
             steps = min(chunk, length - t0)
             if keep_checkpoints:
-                checkpoints[b, t0 // chunk, head] = h
+                copy_into(checkpoints[b, t0 // chunk, head], h)
             for i in range(steps):
                 t = t0 + i
                 dt_t = dt[b, t, head]
@@ -107,9 +107,9 @@ def _forward(x, dt, A, B, C, D, h0, chunk, y, final_state, checkpoints, keep_che
                     simd.store(flat_h, at + 5 * head_dim, h_5)
                     simd.store(flat_h, at + 6 * head_dim, h_6)
                     simd.store(flat_h, at + 7 * head_dim, h_7)
-        final_state[b, head] = h
+        copy_into(final_state[b, head], h)
         if keep_checkpoints:
-            checkpoints[b, -1, head] = h
+            copy_into(checkpoints[b, -1, head], h)
 
 
 _forward_kernel = Kernel(_forward)
