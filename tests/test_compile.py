@@ -1,6 +1,9 @@
 """The fused kernels as torch custom ops (issue 14, item 5): their registrations pass torch's own
 checks, gradients through them equal the references, and torch.compile sees one graph per forward."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,3 +94,10 @@ def test_every_preset_forward_is_one_graph(name):
     model = HybridLM(preset_config(name, "tiny"))
     graphs, break_files = graphs_of_one_forward(model, torch.randint(0, model.config.vocab_size, (1, 24)))
     assert (graphs, break_files) == (1, [])
+
+
+def test_importing_the_library_leaves_torch_compile_unloaded():
+    """The dispatch's constant marker does not import torch._dynamo (1.4-1.7 s of every CLI call)."""
+    probe = "import sys, hybridlm; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

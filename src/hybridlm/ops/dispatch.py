@@ -94,11 +94,15 @@ def backend_for(tensor: torch.Tensor) -> str:
     return _backend_for_device(tensor.device.type)
 
 
-@torch.compiler.assume_constant_result
 def _backend_for_device(device_type: str) -> str:
     """The process's choice for a device type; torch.compile bakes it in instead of tracing the
     probe and its one log line (a graph break each)."""
     return getattr(kernel_choice(), device_type)
+
+
+# what `@torch.compiler.assume_constant_result` sets, without that decorator's import of
+# torch._dynamo (1.4-1.7 s of every CLI call); tests/test_compile.py counts the graph breaks
+_backend_for_device._dynamo_marked_constant = True
 
 
 def _use_custom_op(*tensors) -> bool:
