@@ -233,6 +233,7 @@ def test_cuda_selective_scan_matches_reference():
     assert_close(final_state.float(), reference_state, "final state")
 
 
+@pytest.mark.filterwarnings("error::numba.core.errors.NumbaPerformanceWarning")  # a prange run serially
 def test_threaded_builds_match_reference(monkeypatch):
     """Small calls run the serial builds; force the threaded ones (2 threads) on the same checks."""
     from hybridlm.ops import numba_support

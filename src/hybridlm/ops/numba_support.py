@@ -90,7 +90,8 @@ def sigmoid(x):
 
 
 def copy_into(destination, source):
-    """destination[...] = source for two 1-D or 2-D arrays (or views) of the same shape.
+    """destination[...] = source for two 1-D or 2-D arrays (or views) of the same shape, which the
+    caller guarantees: a check would raise, and a prange loop that can raise runs serially.
 
     Kernels call this instead of a slice assignment `a[:] = b`: numba compiles that one's shape
     mismatch message (string formatting) into the kernel, 1.5-4.6 s of a cold process's compile."""
@@ -104,16 +105,12 @@ def _copy_into(destination, source):
     if destination.ndim == 1:
 
         def copy_vector(destination, source):
-            if destination.shape != source.shape:
-                raise ValueError("copy_into: the arrays' shapes differ")
             for i in range(source.shape[0]):
                 destination[i] = source[i]
 
         return copy_vector
 
     def copy_matrix(destination, source):
-        if destination.shape != source.shape:
-            raise ValueError("copy_into: the arrays' shapes differ")
         for i in range(source.shape[0]):
             for j in range(source.shape[1]):
                 destination[i, j] = source[i, j]
