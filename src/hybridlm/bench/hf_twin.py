@@ -7,11 +7,13 @@ import tempfile
 import torch
 
 
-def transformers_twin(model, **overrides):
+def transformers_twin(model, use_mambapy: bool = False):
     """`model` exported with `hybridlm.hf.save_hf` and loaded back by `AutoModelForCausalLM`.
 
-    The export goes to a temporary folder that is removed once transformers has read it, so a
-    benchmark leaves nothing behind in the system's temp directory.
+    use_mambapy: train through mambapy's parallel scan, for the families whose transformers config
+    has that switch (Mamba); the others have no such option and ignore it. The export goes to a
+    temporary folder that is removed once transformers has read it, so a benchmark leaves nothing
+    behind in the system's temp directory.
     """
     import transformers
 
@@ -19,4 +21,7 @@ def transformers_twin(model, **overrides):
 
     with tempfile.TemporaryDirectory(prefix="hybridlm-bench-") as directory:
         save_hf(model, directory)
-        return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **overrides)
+        config = transformers.AutoConfig.from_pretrained(directory)
+        if use_mambapy and hasattr(config, "use_mambapy"):
+            config.use_mambapy = True
+        return transformers.AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=torch.float32)

@@ -31,8 +31,7 @@ def paired_models(preset: str, size: str):
         return None
     torch.manual_seed(0)
     ours = HybridLM(preset_config(preset, size)).eval()
-    overrides = {"use_mambapy": True} if importlib.util.find_spec("mambapy") else {}
-    theirs = transformers_twin(ours, **overrides).eval()
+    theirs = transformers_twin(ours, use_mambapy=importlib.util.find_spec("mambapy") is not None).eval()
     probe = torch.randint(0, 256, (1, 32))
     with torch.no_grad():
         difference = (ours(probe) - theirs(probe).logits).abs().max().item()
