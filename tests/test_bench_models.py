@@ -47,7 +47,7 @@ def test_the_transformers_twin_has_our_logits_and_leaves_no_folder_behind(tmp_pa
 
 @pytest.mark.parametrize("preset, switched", [("mamba", True), ("griffin", False)])
 def test_the_mambapy_switch_reaches_only_the_families_that_have_it(preset, switched):
-    """RecurrentGemma (and Jamba, Mamba2, Zamba2) has no `use_mambapy`: asking for it must not break the load."""
+    """RecurrentGemma (like Mamba2 and Zamba2) has no `use_mambapy`: asking for it must not break the load."""
     torch.manual_seed(0)
     theirs = transformers_twin(HybridLM(preset_config(preset, "tiny")), use_mambapy=True)
     assert getattr(theirs.config, "use_mambapy", False) is switched

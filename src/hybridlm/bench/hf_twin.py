@@ -11,7 +11,7 @@ def transformers_twin(model, use_mambapy: bool = False):
     """`model` exported with `hybridlm.hf.save_hf` and loaded back by `AutoModelForCausalLM`.
 
     use_mambapy: train through mambapy's parallel scan, for the families whose transformers config
-    has that switch (Mamba); the others have no such option and ignore it. The export goes to a
+    has that switch (Mamba, Jamba); the others have no such option and ignore it. The export goes to a
     temporary folder that is removed once transformers has read it, so a benchmark leaves nothing
     behind in the system's temp directory.
     """

@@ -3,7 +3,7 @@
 Our model is built from a preset, exported with `hybridlm.hf.save_hf` and loaded back by
 transformers (`AutoModelForCausalLM`), so both sides hold the same weights; the first logits are
 compared to prove it. transformers runs its CPU torch paths (no mamba_ssm / causal_conv1d here;
-Mamba trains through mambapy's parallel scan when mambapy is installed, as `use_mambapy` asks).
+Mamba and Jamba train through mambapy's parallel scan when mambapy is installed, as `use_mambapy` asks).
 Each pair of measurements is alternated in one process and the medians compared
 (`timing.alternated_times`). Decoding is greedy for a fixed number of new tokens on both sides
 (HF: `generate` with min_new_tokens = max_new_tokens, so neither stops early).
