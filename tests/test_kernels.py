@@ -235,8 +235,14 @@ def test_cuda_selective_scan_matches_reference():
 
 @pytest.mark.filterwarnings("error::numba.core.errors.NumbaPerformanceWarning")  # a prange run serially
 def test_threaded_builds_match_reference(monkeypatch):
-    """Small calls run the serial builds; force the threaded ones (2 threads) on the same checks."""
+    """Small calls run the serial builds (and the suite's processes one thread each); force the
+    threaded ones (2 threads) on the same checks, the Mamba-2 SSD and RG-LRU gated cores included."""
     from hybridlm.ops import numba_support
+    from hybridlm.ops.ssd import ssd_ref
+
+    from .test_rglru_kernels import test_gated_core_matches_reference
+    from .test_ssd_kernels import kernel as ssd_kernel
+    from .test_ssd_kernels import ssd_inputs
 
     monkeypatch.setattr(numba_support, "PARALLEL_MIN_WORK", 0)
     threads = torch.get_num_threads()
@@ -247,5 +253,7 @@ def test_threaded_builds_match_reference(monkeypatch):
         )
         assert_kernel_matches(RGLRUScanFunction.apply, rglru_scan_ref, rglru_inputs(2, 90, 300))
         test_causal_conv_kernel_matches_reference(90, True, True)
+        assert_kernel_matches(ssd_kernel, ssd_ref, ssd_inputs(2, 97, 4, 64, 2, 64))
+        test_gated_core_matches_reference(2, 37, 3, 5, "gelu_tanh")
     finally:
         torch.set_num_threads(threads)
