@@ -56,6 +56,8 @@ if [ "$INSTALL" = 1 ]; then
     done
 else
     PYTHON=${PYTHON:-.venv/bin/python}
+    command -v "$PYTHON" >/dev/null 2>&1 \
+        || { echo "GPU CHECK: FAIL (no Python at $PYTHON: set PYTHON=, or run without --no-install)"; exit 1; }
 fi
 
 [ "${#notes[@]}" -gt 0 ] && printf '%s\n' "${notes[@]}"

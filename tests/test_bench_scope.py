@@ -82,6 +82,9 @@ def test_without_a_suite_the_presets_run_every_suite_that_builds_models(calls):
         (["kernels", "--size", "small"], "none was chosen"),
         (["decode-profile", "--presets", ","], "--presets names no preset"),
         (["--presets", "transformer"], "name the suites: `hybridlm bench training context decode-profile compiled"),
+        (["models", "--size", "paper", "--quick"], "--size paper is the published shape"),
+        (["kernels", "--threads", "100000"], "--threads must be between 1 and this machine's"),
+        (["kernels", "--threads", "0"], "--threads must be between 1 and this machine's"),
     ],
 )
 def test_a_bad_scope_is_refused_in_one_line_before_anything_runs(calls, capsys, monkeypatch, arguments, message):
@@ -90,3 +93,8 @@ def test_a_bad_scope_is_refused_in_one_line_before_anything_runs(calls, capsys, 
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
     assert calls == []
+
+
+def test_a_suite_named_twice_runs_once(calls):
+    assert main(["bench", "models", "models", "--presets", "mamba"]) == 0
+    assert calls == [("models", {"presets": ("mamba",)})]

@@ -66,6 +66,7 @@ def test_inspect_directory_wins(capsys, tmp_path):
         (["inspect", "jamba", "--set", "mamba.d_sate=3"], "did you mean 'mamba.d_state'"),
         (["inspect", "jamba", "--set", "oops"], "must look like key=value"),
         (["generate", "/nonexistent/dir", "--prompt", "x"], "no such checkpoint directory"),
+        (["generate", "/etc/hostname", "--prompt", "x"], "/etc/hostname: is a file, not a checkpoint directory"),
         (["inspect", "(AF)*\u00b2"], "column 5 ('*')"),
         (["inspect", "SM", "--set", "shared.n_kv_heads=5"], "shared.n_kv_heads = 5 must divide"),
     ],
@@ -74,6 +75,17 @@ def test_user_errors_are_one_line_with_exit_2(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_missing_file_is_named_without_the_errno(capsys, monkeypatch):
+    from hybridlm.cli import presets
+
+    def missing(args):
+        raise FileNotFoundError(2, "No such file or directory", "/runs/x/config.json")
+
+    monkeypatch.setattr(presets, "run", missing)
+    code, _, err = run(capsys, "presets")
+    assert (code, err) == (2, "hybridlm presets: error: /runs/x/config.json: No such file or directory\n")
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,11 @@ def test_unknown_argument_is_refused():
     assert result.returncode == 2 and result.stdout.splitlines()[-1].startswith("GPU CHECK: FAIL (unknown argument")
 
 
+def test_a_missing_python_still_gets_a_verdict():
+    result = run_script("--no-install", PYTHON="/nonexistent/python")
+    assert result.returncode == 1 and result.stdout.splitlines()[-1].startswith("GPU CHECK: FAIL (no Python at")
+
+
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="would install the CUDA wheels")
 def test_without_a_gpu_nothing_is_installed():
     result = run_script(GPU_CHECK_VENV=str(ROOT / ".venv-gpu-test-never-made"))

@@ -126,7 +126,8 @@ def read_config_json(directory) -> dict:
     """The config.json object of a checkpoint directory (ours or Hugging Face's)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
+        found = "is a file, not a checkpoint directory" if directory.exists() else "no such checkpoint directory"
+        raise CheckpointError(f"{directory}: {found}")
     path = directory / CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"{directory}: missing {CONFIG_FILE}")

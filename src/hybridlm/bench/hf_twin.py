@@ -19,6 +19,11 @@ def transformers_twin(model, use_mambapy: bool = False):
 
     from ..hf import save_hf
 
+    # the benchmark's table is its output: no "Loading weights" bar per model, no notes that the
+    # CUDA kernels are missing (the page says HF runs its CPU torch paths)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
     with tempfile.TemporaryDirectory(prefix="hybridlm-bench-") as directory:
         save_hf(model, directory)
         config = transformers.AutoConfig.from_pretrained(directory)

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except USER_ERRORS as error:
+        if isinstance(error, OSError) and error.filename:  # "PATH: No such file or directory", not "[Errno 2] ..."
+            error = f"{error.filename}: {error.strerror}"
         print(f"hybridlm {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ..bench.machine import machine_info, machine_line
 from ..bench.report import format_rows
@@ -36,7 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--size",
         default=None,
-        help="their preset size: tiny, small or paper (default: models and compiled --quick tiny, the others small)",
+        help="their preset size: tiny or small (default: models and compiled --quick tiny, the others small)",
     )
 
 
@@ -90,7 +91,7 @@ def chosen_suites(named: list, presets: tuple | None, size: str | None) -> tuple
     """The suites to run: those named; else, with `--presets` or `--size`, the suites that build models;
     else every suite."""
     if named:
-        return tuple(named)
+        return tuple(dict.fromkeys(named))
     return MODEL_SUITES if presets is not None or size is not None else SUITES
 
 
@@ -110,6 +111,11 @@ def check_scope(suites, presets: tuple | None, size: str | None, named: bool) ->
         preset_description(preset)  # a one-line ConfigError listing the presets for an unknown one
     if size is not None:
         check_size(size)
+        if size == "paper":
+            raise ConfigError(
+                "--size paper is the published shape (up to billions of weights) and the suites would allocate "
+                "it; use --size tiny or small (`hybridlm analyze --size paper` reads it without weights)"
+            )
     outside = [preset for preset in presets or () if preset not in HF_FAMILIES]
     if "models" in suites and outside:
         others = " ".join(name for name in suites if name != "models")
@@ -130,8 +136,9 @@ def run(args) -> None:
     unknown = [name for name in args.suites if name not in SUITES]
     if unknown:
         raise ConfigError(f"unknown benchmark suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
-    if args.threads < 1:
-        raise ConfigError("--threads must be >= 1")
+    cpus = os.cpu_count() or 1
+    if not 1 <= args.threads <= cpus:
+        raise ConfigError(f"--threads must be between 1 and this machine's {cpus} logical CPUs, not {args.threads}")
     suites = chosen_suites(args.suites, args.presets, args.size)
     check_scope(suites, args.presets, args.size, named=bool(args.suites))
     torch.set_num_threads(args.threads)
