@@ -177,7 +177,10 @@ def train(
                 log_graph_breaks()
             tokens_seen += batch.inputs.numel()
             done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
+            logs_now = done % config.log_every == 0 or done == config.steps
+            if config.compile and step == start_step and not logs_now:  # that step compiled the model:
+                tokens_seen, clock = 0, time.perf_counter()  # the first window's throughput starts after it
+            if logs_now:
                 if flops_per_token is None:
                     flops_per_token = model_flops(model_config, batch.inputs.shape[1]).training_per_token
                 elapsed = max(time.perf_counter() - clock, 1e-9)
