@@ -51,3 +51,13 @@ def test_the_mambapy_switch_reaches_only_the_families_that_have_it(preset, switc
     torch.manual_seed(0)
     theirs = transformers_twin(HybridLM(preset_config(preset, "tiny")), use_mambapy=True)
     assert getattr(theirs.config, "use_mambapy", False) is switched
+
+
+def test_a_row_without_a_timing_shows_none():
+    """A notes-only row (context's KV bytes) prints no time and gives null in JSON, not "0.0 ms"."""
+    from hybridlm.bench.report import format_rows
+    from hybridlm.bench.timing import Row
+
+    row = Row("context", "KV bytes: jamba", None, None, "", 0, {"kv_bytes": 4259840})
+    assert "0.0 ms" not in format_rows([row]) and "kv_bytes=4259840" in format_rows([row])
+    assert row.to_dict()["ours_s"] is None and row.ratio is None

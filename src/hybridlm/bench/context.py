@@ -98,6 +98,6 @@ def jamba_kv_rows(size: str = "small", context: int = 4096) -> list[Row]:
         cache = HybridLM(config).eval().allocate_cache(1, max_len=context)
         fill_cache(cache, context)
         notes = {"context": context, "kv_bytes": kv_bytes(cache), "cache_bytes": cache.nbytes()}
-        rows.append(Row("context", f"KV bytes: {name}", 0.0, None, "", 0, notes))
+        rows.append(Row("context", f"KV bytes: {name}", None, None, "", 0, notes))
     rows[0].notes["kv_fraction_of_transformer"] = rows[0].notes["kv_bytes"] / rows[1].notes["kv_bytes"]
     return rows

@@ -11,7 +11,7 @@ def format_rows(rows) -> str:
         ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
         baseline = "" if row.baseline is None else f"{row.baseline_name} {_seconds(row.baseline)}"
         notes = "  ".join(f"{key}={_value(value)}" for key, value in row.notes.items())
-        table.append([row.name, _seconds(row.ours), baseline, ratio, notes])
+        table.append([row.name, "" if row.ours is None else _seconds(row.ours), baseline, ratio, notes])
     return format_table(["benchmark", "ours", "baseline", "speed-up", "notes"], table)
 
 

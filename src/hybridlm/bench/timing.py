@@ -16,11 +16,12 @@ import torch
 
 @dataclass
 class Row:
-    """One comparison: `ours` and `baseline` seconds for the same work; ratio > 1 means we are faster."""
+    """One comparison: `ours` and `baseline` seconds for the same work; ratio > 1 means we are faster.
+    `ours` is None for a row that only reports its notes (a cache's bytes)."""
 
     suite: str
     name: str
-    ours: float
+    ours: float | None
     baseline: float | None = None
     baseline_name: str = ""
     unit_count: float = 0.0  # tokens (or steps) the timed work covers, for rates
@@ -28,7 +29,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        return None if self.baseline is None or self.ours <= 0 else self.baseline / self.ours
+        return None if self.baseline is None or not self.ours or self.ours <= 0 else self.baseline / self.ours
 
     def to_dict(self) -> dict:
         return {
