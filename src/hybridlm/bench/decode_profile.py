@@ -195,19 +195,19 @@ def decode_profile_rows(
 @contextlib.contextmanager
 def _quiet_profiler():
     """torch.profiler over the CPU, without the two "USDT: ... profiler_start/stop" lines that torch
-    2.13's kineto writes to stderr at its start and stop (stderr is closed only around those)."""
+    2.13's kineto writes to stderr at its start and stop (stderr goes to /dev/null only around those)."""
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-    with _stderr_closed():
+    with _stderr_silenced():
         profiler.__enter__()
     try:
         yield profiler
     finally:
-        with _stderr_closed():
+        with _stderr_silenced():
             profiler.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
-def _stderr_closed():
+def _stderr_silenced():
     sys.stderr.flush()
     saved = os.dup(2)
     with open(os.devnull, "w") as devnull:

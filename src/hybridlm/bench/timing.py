@@ -29,7 +29,7 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        return None if self.baseline is None or not self.ours or self.ours <= 0 else self.baseline / self.ours
+        return None if self.baseline is None or self.ours is None or self.ours <= 0 else self.baseline / self.ours
 
     def to_dict(self) -> dict:
         return {
