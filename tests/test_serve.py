@@ -14,6 +14,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from hybridlm import ByteTokenizer  # noqa: E402
+from hybridlm.serve.engine import Engine  # noqa: E402
 
 from .serve_support import get_json, open_stream, running_server, save_every_state_model  # noqa: E402
 
@@ -81,21 +82,33 @@ def test_seed_reproduces_the_solo_sampling(served):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_stop_sequence_ends_the_text_before_it(served, stream):
+def test_stop_sequence_ends_the_text_before_it(served, stream, monkeypatch):
     client, _, model = served
+    cancel = Engine.cancel
+    monkeypatch.setattr(Engine, "cancel", lambda engine, job: (time.sleep(0.3), cancel(engine, job)))  # late
     full = solo_text(model, "Stop here", 24)
     printable = [i for i in range(3, len(full) - 2) if full[i : i + 2].isprintable() and full[i : i + 2].strip()]
     assert printable, f"no printable stop candidate in {full!r}"
     cut = printable[0]
     stop = full[cut : cut + 2]
-    kwargs = dict(model="tiny", prompt="Stop here", max_tokens=24, temperature=0, stop=[stop, "never-seen"])
+    kwargs = dict(model="tiny", prompt="Stop here", max_tokens=200, temperature=0, stop=[stop, "never-seen"])
     if stream:
         chunks = list(client.completions.create(stream=True, **kwargs))
         text, finish = "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
     else:
-        choice = client.completions.create(**kwargs).choices[0]
+        response = client.completions.create(**kwargs)
+        choice = response.choices[0]
         text, finish = choice.text, choice.finish_reason
+        # the tokens up to the one that completed the stop string, not those decoded before the job stopped
+        assert response.usage.completion_tokens == tokens_until(model, "Stop here", 200, stop)
     assert (text, finish) == (full[: full.index(stop)], "stop")
+
+
+def tokens_until(model, prompt: str, max_tokens: int, stop: str) -> int:
+    """How many greedy tokens the prompt alone takes until its text holds `stop`."""
+    ids = torch.tensor(TOKENIZER.encode(prompt))
+    new = model.generate([ids], max_tokens, stop_tokens=[TOKENIZER.eos_id], temperature=0)[0][len(ids) :].tolist()
+    return next(count for count in range(1, len(new) + 1) if stop in TOKENIZER.decode(new[:count]))
 
 
 def test_prompt_list_gives_one_choice_each(served):

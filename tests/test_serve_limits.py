@@ -70,6 +70,18 @@ def test_bad_request_gets_its_status_and_an_error_object(limited, case):
     assert post(f"{limited}/v1/completions", GOOD)[0] == 200  # still serving
 
 
+def test_malformed_json_is_named_as_such(limited):
+    status, answer = post(f"{limited}/v1/completions", b'{"model": "tiny", "prompt": ')
+    assert status == 400 and answer["error"]["message"].startswith("the body is not valid JSON")
+    assert answer["error"]["param"] is None
+
+
+def test_an_unknown_route_answers_in_openai_shape(limited):
+    status, answer = post(f"{limited}/v1/chat/completions", GOOD)
+    assert status == 404 and set(answer["error"]) == {"message", "type", "param", "code"}
+    assert answer["error"]["message"].startswith("POST /v1/chat/completions: Not Found; this server has POST /v1/")
+
+
 def test_prompt_of_token_ids_and_limits_at_the_edge(limited):
     status, answer = post(f"{limited}/v1/completions", {**GOOD, "prompt": [104, 105], "max_tokens": 32})
     assert status == 200 and answer["usage"]["prompt_tokens"] == 2
@@ -146,6 +158,9 @@ def test_serve_command_refuses_bad_input_in_one_line(tmp_path, capsys):
         assert main(["serve", str(directory), "--port", str(busy.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
     assert main(["serve", str(directory), "--max-batch", "0"]) == 2
+    capsys.readouterr()
+    assert main(["serve", str(directory), "--port", "99999"]) == 2  # a traceback from socket.bind before
+    assert capsys.readouterr().err.strip() == "hybridlm serve: error: --port must be in 0..65535, not 99999"
 
 
 def test_a_failing_step_fails_its_requests_and_the_server_keeps_serving(tmp_path):

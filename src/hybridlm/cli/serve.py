@@ -54,7 +54,9 @@ def run(args) -> None:
 
 
 def check_port(host: str, port: int) -> None:
-    """Refuse a port another process holds, with one line instead of uvicorn's exit."""
+    """Refuse a port out of range or held by another process, with one line instead of uvicorn's exit."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, not {port}")
     try:
         with socket.create_server((host, port)):
             pass

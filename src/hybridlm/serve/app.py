@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine, Event, Job, QueueFull
 from .schema import CompletionRequest, Limits, RequestError, error_body
@@ -41,9 +42,19 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits | None
     @app.exception_handler(RequestValidationError)
     async def invalid(request, error: RequestValidationError):
         first = error.errors()[0] if error.errors() else {}
+        if first.get("type") == "json_invalid":  # its location is a character offset, not a field
+            reason = first.get("ctx", {}).get("error", "")
+            message = f"the body is not valid JSON{f' ({reason})' if reason else ''} at character {first['loc'][-1]}"
+            return JSONResponse(error_body(message), status_code=400)
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
         message = f"{'.'.join(location) + ': ' if location else ''}{first.get('msg', 'invalid request')}"
         return JSONResponse(error_body(message, param=".".join(location) or None), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unrouted(request, error: StarletteHTTPException):  # an unknown route or method, OpenAI's shape
+        routes = "POST /v1/completions, GET /v1/models and GET /health"
+        message = f"{request.method} {request.url.path}: {error.detail}; this server has {routes}"
+        return JSONResponse(error_body(message), status_code=error.status_code)
 
     @app.exception_handler(RequestError)
     async def refused(request, error: RequestError):
@@ -249,7 +260,9 @@ class Completion:
 
     def _usage(self) -> dict:
         prompt = sum(len(job.prompt) for job in self.jobs)
-        completion = sum(job.produced for job in self.jobs)
+        # the tokens each choice's text read: a job stopped by a stop string decodes on until the engine
+        # sees the cancel, and those tokens are neither sent nor counted
+        completion = sum(len(text.tokens) for text in self.texts)
         cached = sum(job.cached_tokens for job in self.jobs)
         return {
             "prompt_tokens": prompt,
