@@ -65,6 +65,16 @@ def test_the_cli_exits_3_naming_the_step(tmp_path, capsys):
     assert code == 3 and err.startswith("hybridlm train: stopped: step ") and "non-finite" in err
 
 
+def test_a_run_that_saved_nothing_is_offered_overwrite_not_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    diverging = ("--lr", "1e4", "--warmup-steps", "0", "--steps", "30", "--out", run)
+    assert cli(capsys, "train", *MODEL, *TASK, *diverging)[0] == 3
+    code, _, err = cli(capsys, "train", *MODEL, *TASK, "--steps", "2", "--out", run)
+    assert code == 2 and "holds a run that saved no checkpoint yet, nothing to resume: --overwrite replaces it" in err
+    code, _, err = cli(capsys, "train", "--out", run, "--resume")
+    assert code == 2 and "give a model (preset, pattern or directory) without --resume" in err
+
+
 # ---- nothing a user owns is replaced ---------------------------------------------------------------
 def test_train_into_an_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
     run = tmp_path / "run"

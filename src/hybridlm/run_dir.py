@@ -53,8 +53,12 @@ def check(path, resume: bool | str = False, overwrite: bool = False) -> bool:
     if resume is True:
         raise OwnershipError(f"--resume: {path} holds no saved run ({STATE_FILE}); drop --resume to start one")
     if path.is_dir() and any(path.iterdir()) and not overwrite and resume != "auto":
-        what = f"a training run saved at step {saved_step(path)}" if saved else _describe(path)
-        raise OwnershipError(f"{path} holds {what}: --resume continues it, --overwrite replaces it")
+        if saved:
+            raise OwnershipError(
+                f"{path} holds a training run saved at step {saved_step(path)}: --resume continues it, "
+                "--overwrite replaces it"
+            )
+        raise OwnershipError(f"{path} holds {_describe(path)}, nothing to resume: --overwrite replaces it")
     return False
 
 

@@ -119,6 +119,13 @@ def resolve(args):
         config = replace_train_config(previous, changes)  # train() refuses changes that break exactness
         model_config = resolve_model(target, size, overrides) if target else load_config(args.out)
         return model_config, config, True
+    if target is None and args.resume:
+        raise ConfigError(
+            f"--resume: {args.out} holds no saved run ({STATE_FILE}); to start one there, give a model (preset, "
+            "pattern or directory) without --resume"
+        )
+    if target is None and args.config:
+        raise ConfigError(f"the recipe {args.config} names no model: add `model:` to it, or give one")
     if target is None:
         raise ConfigError("give a model (preset, pattern or directory), a --config recipe, or --resume with --out")
     return resolve_model(target, size, overrides), train_config(changes), False
