@@ -78,6 +78,15 @@ def test_bpe_sets_the_model_vocabulary(tmp_path, corpus, capsys):
     assert hybridlm.load(tmp_path / "run").config.vocab_size == 300
 
 
+def test_a_relative_data_path_resumes_and_evaluates_from_another_folder(tmp_path, corpus, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "A", "--size", "tiny", "--task", "text", "--data", "corpus", "--seq-len", "16", "--out", "run"]
+    assert main([*argv, "--steps", "1"]) == 0
+    monkeypatch.chdir(corpus)  # "corpus" means nothing here
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--steps", "2"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--seq-len", "16"]) == 0
+
+
 def test_whole_stream_scoring_counts_every_token_once(tmp_path):
     model = hybridlm.HybridLM(tiny_config(pattern="A R")).eval()
     tokens = np.random.default_rng(1).integers(0, 50, 333).astype(np.uint16)

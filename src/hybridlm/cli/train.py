@@ -103,6 +103,8 @@ def resolve(args):
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
     recipe = read_recipe(args.config) if args.config else {}
     changes = {**recipe.get("train", {}), **settings.given(args, TrainConfig, skip=("task_settings",))}
+    if changes.get("text_path"):  # kept as an absolute path: resume and eval may run from another folder
+        changes["text_path"] = str(Path(changes["text_path"]).absolute())
     if args.task_set:
         changes["task_settings"] = {
             **changes.get("task_settings", {}),
