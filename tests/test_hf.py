@@ -243,6 +243,21 @@ def test_convert_cli_imports_and_exports(checkpoints, tmp_path, capsys):
     assert (hf_logits(reloaded, ids) - hf_logits(reference, ids)).abs().max().item() <= 1e-6
 
 
+def test_convert_refuses_a_training_run_and_names_what_it_would_replace(checkpoints, tmp_path, capsys):
+    _, directory, _ = checkpoints("mamba")
+    run = tmp_path / "run"
+    task = ["--task", "mqar", "--task-set", "seq_len=16", "--task-set", "n_pairs=2", "--batch-size", "2"]
+    assert main(["train", "M", "--size", "tiny", *task, "--steps", "1", "--out", str(run)]) == 0
+    before = sorted(p.name for p in run.iterdir())
+    for extra in ([], ["--overwrite"]):  # its metrics and optimizer state are not convert's to replace
+        assert main(["convert", str(directory), str(run), *extra]) == 2
+        assert "holds a training run (`hybridlm train --out`), which convert does not" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert main(["convert", str(run), str(tmp_path / "hf"), "--to-hf"]) == 0
+    assert main(["convert", str(run), str(tmp_path / "hf"), "--to-hf"]) == 2
+    assert "already holds an export; pass --overwrite" in capsys.readouterr().err
+
+
 def _broken(kind: str, source: Path, target: Path) -> list[str]:
     """A command line that must fail, after preparing `target` from the good checkpoint `source`."""
     if kind == "missing directory":
