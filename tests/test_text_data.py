@@ -43,7 +43,7 @@ def test_shards_hold_the_tokens_of_direct_tokenization(tmp_path, corpus, bpe):
 
 def test_shards_are_refused_by_another_tokenizer(tmp_path, corpus):
     write_shards(corpus, tmp_path / "shards", ByteTokenizer())
-    with pytest.raises(ConfigError, match="tokenized with byte tokenizer"):
+    with pytest.raises(ConfigError, match="tokenized with the byte tokenizer, the model's is the bpe "):
         read_shards(tmp_path / "shards", train_bpe([p.read_text() for p in text_files(corpus)], 300))
     with pytest.raises(ConfigError, match="shards go to a new folder"):
         write_shards(corpus, tmp_path / "shards", ByteTokenizer())

@@ -103,8 +103,8 @@ def resolve(args):
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
     recipe = read_recipe(args.config) if args.config else {}
     changes = {**recipe.get("train", {}), **settings.given(args, TrainConfig, skip=("task_settings",))}
-    if changes.get("text_path"):  # kept as an absolute path: resume and eval may run from another folder
-        changes["text_path"] = str(Path(changes["text_path"]).absolute())
+    if changes.get("text_path") and Path(changes["text_path"]).exists():  # a local file or folder, not hf:NAME:
+        changes["text_path"] = str(Path(changes["text_path"]).absolute())  # resume and eval may run elsewhere
     if args.task_set:
         changes["task_settings"] = {
             **changes.get("task_settings", {}),

@@ -40,6 +40,7 @@ def write_shards(source, out, tokenizer, shard_tokens: int = SHARD_TOKENS) -> di
     check_replaceable(out, "--out")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty: shards go to a new folder")
+    files = list(text_files(source))  # a missing source is refused before `out` is made
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     sources, shards, pending, pending_count = [], [], [], 0
@@ -52,7 +53,7 @@ def write_shards(source, out, tokenizer, shard_tokens: int = SHARD_TOKENS) -> di
             shards.append({"file": name, "tokens": pending_count})
             pending, pending_count = [], 0
 
-    for file in text_files(source):
+    for file in files:
         tokens, n_bytes = encode_files([file], tokenizer)
         if sources and tokenizer.eos_id is not None:  # documents separated as encode_files does
             tokens = np.concatenate([np.asarray([tokenizer.eos_id], dtype=tokens.dtype), tokens])
@@ -92,9 +93,8 @@ def read_shards(path, tokenizer) -> tuple[np.ndarray, int]:
     expected = tokenizer_identity(tokenizer)
     if index.get("tokenizer") != expected:
         raise ConfigError(
-            f"{path}: tokenized with {index.get('tokenizer', {}).get('kind')} tokenizer "
-            f"{index.get('tokenizer', {}).get('sha256', '')[:12]}, the model's is {expected['kind']} "
-            f"{expected['sha256'][:12]}: tokenize again with the model's tokenizer"
+            f"{path}: tokenized with the {_described(index.get('tokenizer') or {})} tokenizer, the model's is "
+            f"the {_described(expected)}: tokenize again with the model's tokenizer"
         )
     maps = []
     for shard in shards:
@@ -104,3 +104,9 @@ def read_shards(path, tokenizer) -> tuple[np.ndarray, int]:
         maps.append(np.memmap(file, dtype=dtype, mode="r"))
     tokens = maps[0] if len(maps) == 1 else np.concatenate(maps) if maps else np.zeros(0, dtype)
     return tokens, int(index.get("bytes", 0))
+
+
+def _described(identity: dict) -> str:
+    """The kind and its hash's first characters ("bpe a1b2c3d4e5f6"), or the kind alone ("byte")."""
+    kind, digest = identity.get("kind", "unknown"), str(identity.get("sha256", ""))[:12]
+    return kind if not digest or digest == kind else f"{kind} {digest}"
