@@ -38,7 +38,10 @@ def run(args) -> None:
     trained = training_settings(args.directory)
     task = args.task or trained.get("task") or "mqar"
     if task == "text":
-        raise ConfigError("k_T and r_T here are measured on synthetic tasks; for text use `hybridlm analyze`")
+        raise ConfigError(
+            f"k_T and r_T are measured on the synthetic tasks (--task mqar, ...); for this text run, "
+            f"`hybridlm eval {args.directory}` gives its perplexity by position"
+        )
     data, _ = saved_task(model, args.directory, task, args.task_set)
     sample = {"n_batches": args.batches, "batch_size": args.batch_size, "seed": args.seed}
     curve = task_context_curve(model, data, eps=args.eps, **sample)
