@@ -138,6 +138,14 @@ def test_generate_from_saved_directory(capsys, tmp_path):
         "--stream",
     )
     assert code == 0 and streamed == out
+    greedy = ["--max-new-tokens", "5", "--temperature", "0"]
+    longer = run(capsys, "generate", str(tmp_path / "m"), "--prompt", "A longer prompt", *greedy)[1]
+    code, batch, _ = run(
+        capsys, "generate", str(tmp_path / "m"), "--prompt", "Hi", "--prompt", "A longer prompt", *greedy
+    )
+    assert code == 0 and batch == out + longer  # a ragged batch: each prompt's own completion, in order
+    code, _, err = run(capsys, "generate", str(tmp_path / "m"), "--prompt", "Hi", "--prompt", "B", "--stream")
+    assert code == 2 and "--stream prints one completion" in err
 
 
 def test_console_script_runs():

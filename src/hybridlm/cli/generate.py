@@ -9,7 +9,9 @@ HELP = "sample text from a saved model with its hybrid cache"
 
 def add_arguments(parser) -> None:
     parser.add_argument("directory", help="a directory written by hybridlm.save or `hybridlm train`")
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument(
+        "--prompt", required=True, action="append", help="repeat it for a batch: one completion a prompt, ragged"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=None)
@@ -34,9 +36,11 @@ def run(args) -> None:
     if args.compile:
         model.compile()
     tokenizer = load_tokenizer(args.directory)
-    prompt = torch.tensor([tokenizer.encode(args.prompt)])
-    if prompt.shape[1] == 0:
+    prompts = [torch.tensor(tokenizer.encode(text), dtype=torch.long) for text in args.prompt]
+    if any(len(prompt) == 0 for prompt in prompts):
         raise ConfigError("--prompt is empty")
+    if args.stream and len(prompts) > 1:
+        raise ConfigError("--stream prints one completion: give one --prompt")
     sampling = dict(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -45,9 +49,9 @@ def run(args) -> None:
         stop_tokens=[] if tokenizer.eos_id is None else [tokenizer.eos_id],
     )
     if args.stream:
-        print(args.prompt, end="", flush=True)
+        print(args.prompt[0], end="", flush=True)
         pending: list[int] = []
-        for tokens in model.stream(prompt, args.max_new_tokens, **sampling):
+        for tokens in model.stream(prompts[0][None], args.max_new_tokens, **sampling):
             token = int(tokens[0])
             if token < 0 or token == tokenizer.eos_id:
                 break
@@ -58,5 +62,5 @@ def run(args) -> None:
                 pending = []
         print(tokenizer.decode(pending))
         return
-    output = model.generate(prompt, args.max_new_tokens, **sampling)[0].tolist()
-    print(tokenizer.decode([t for t in output if t != tokenizer.eos_id]))
+    for output in model.generate(prompts, args.max_new_tokens, **sampling):  # a ragged batch, prompts included
+        print(tokenizer.decode([t for t in output.tolist() if t != tokenizer.eos_id]))
