@@ -100,6 +100,12 @@ def test_eval_cli_grid_and_buckets(capsys, tmp_path):
     assert main(["eval", str(tmp_path / "m"), *mqar, "--batches", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert sum(b["answers"] for b in result["buckets"]["gap"]) == 16 * 4 and "eval_exact_match" in result
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m"), *mqar, "--batches", "1"]) == 0  # the table: no per-gap exact match
+    table = capsys.readouterr().out
+    assert "nan" not in table and "gap    answers  accuracy\n" in table
+    assert main(["eval", str(tmp_path / "m"), *flags]) == 0  # a needle's depth has one
+    assert "depth   answers  accuracy  exact match" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "m"), *mqar, "--grid"]) == 2
     assert "--grid is for the depth-controlled tasks" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "m"), "--task", "mqar", "--task-set", "n_pair=3"]) == 2
