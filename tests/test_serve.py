@@ -101,6 +101,8 @@ def test_stop_sequence_ends_the_text_before_it(served, stream, monkeypatch):
         text, finish = choice.text, choice.finish_reason
         # the tokens up to the one that completed the stop string, not those decoded before the job stopped
         assert response.usage.completion_tokens == tokens_until(model, "Stop here", 200, stop)
+        offsets = client.completions.create(**kwargs, logprobs=0).choices[0].logprobs.text_offset
+        assert all(offset < len(text) for offset in offsets)  # none for the stop string's held-back start
     assert (text, finish) == (full[: full.index(stop)], "stop")
 
 

@@ -185,6 +185,7 @@ class Completion:
             self.finish[index] = "stop" if finish == "stop" else "length"
             if stream.stopped:
                 self.engine.cancel(self.jobs[index])
+                self._drop_stop_logprobs(index, len(stream.text))
         return index, text, self.finish[index]
 
     def _add_logprob(self, index: int, event: Event, offset: int) -> None:
@@ -195,6 +196,14 @@ class Completion:
         if event.top_logprobs is not None:
             top = {self._token_text(token): value for token, value in event.top_logprobs}
             logprobs["top_logprobs"].append(top)
+
+    def _drop_stop_logprobs(self, index: int, length: int) -> None:
+        """Forget the tokens held back as the start of the stop string (none of their text was sent):
+        the logprobs cover the returned text, as OpenAI's do."""
+        logprobs = self.logprobs[index]
+        kept = sum(offset < length for offset in logprobs["text_offset"])
+        for values in logprobs.values():
+            del values[kept:]
 
     def _token_text(self, token: int) -> str:
         """A token's text; `token_id:N` for one that is not text alone (part of a character, special)."""
