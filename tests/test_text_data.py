@@ -87,6 +87,20 @@ def test_a_relative_data_path_resumes_and_evaluates_from_another_folder(tmp_path
     assert main(["eval", str(tmp_path / "run"), "--seq-len", "16"]) == 0
 
 
+def test_a_missing_source_leaves_no_shard_folder(tmp_path, capsys):
+    assert main(["tokenize", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "shards")]) == 2
+    assert "no such text file" in capsys.readouterr().err and not (tmp_path / "shards").exists()
+
+
+def test_context_points_a_text_run_to_eval(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "A", "--size", "tiny", "--task", "text", "--data", str(corpus), "--seq-len", "16",
+                 "--steps", "1", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["context", str(run)]) == 2
+    assert f"`hybridlm eval {run}` gives its perplexity by position" in capsys.readouterr().err
+
+
 def test_whole_stream_scoring_counts_every_token_once(tmp_path):
     model = hybridlm.HybridLM(tiny_config(pattern="A R")).eval()
     tokens = np.random.default_rng(1).integers(0, 50, 333).astype(np.uint16)
