@@ -297,6 +297,15 @@ def check_size(size: str) -> None:
         raise ConfigError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
 
 
+def refuse_paper(size: str, verb: str) -> None:
+    """The one-line refusal of `--size paper` for a verb that would allocate the model."""
+    if size == "paper":
+        raise ConfigError(
+            f"--size paper is the published shape (up to billions of weights) and {verb} would allocate it; "
+            "use --size tiny or small (inspect and analyze read paper sizes without weights)"
+        )
+
+
 def _lookup(name: str):
     if name not in PRESETS:
         match = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)

@@ -58,7 +58,7 @@ def check(path, resume: bool | str = False, overwrite: bool = False) -> bool:
                 f"{path} holds a training run saved at step {saved_step(path)}: --resume continues it, "
                 "--overwrite replaces it"
             )
-        raise OwnershipError(f"{path} holds {_describe(path)}, nothing to resume: --overwrite replaces it")
+        raise OwnershipError(f"{path} holds {describe(path)}, nothing to resume: --overwrite replaces it")
     return False
 
 
@@ -78,7 +78,8 @@ def saved_step(path) -> int:
     return json.loads((Path(path) / STATE_FILE).read_text())["step"]
 
 
-def _describe(path: Path) -> str:
+def describe(path: Path) -> str:
+    """What a directory hybridlm wrote holds, by its marker's kind ("a checkpoint", "an export", ...)."""
     kind = (read_marker(path) or {}).get("kind", "files")
     return {"run": "a run that saved no checkpoint yet", "checkpoint": "a checkpoint", "hf-export": "an export"}.get(
         kind, "files"

@@ -99,7 +99,7 @@ def check_scope(suites, presets: tuple | None, size: str | None, named: bool) ->
     """Refuse, before anything runs, `--presets`/`--size` that name no preset or size, that no chosen suite
     uses, or a preset `bench models` has no transformers twin for (`named`: the user chose the suites)."""
     from ..bench.models import HF_FAMILIES
-    from ..preset_table import check_size, preset_description
+    from ..preset_table import check_size, preset_description, refuse_paper
 
     if presets is None and size is None:
         return
@@ -111,11 +111,7 @@ def check_scope(suites, presets: tuple | None, size: str | None, named: bool) ->
         preset_description(preset)  # a one-line ConfigError listing the presets for an unknown one
     if size is not None:
         check_size(size)
-        if size == "paper":
-            raise ConfigError(
-                "--size paper is the published shape (up to billions of weights) and the suites would allocate "
-                "it; use --size tiny or small (`hybridlm analyze --size paper` reads it without weights)"
-            )
+        refuse_paper(size, "the suites")
     outside = [preset for preset in presets or () if preset not in HF_FAMILIES]
     if "models" in suites and outside:
         others = " ".join(name for name in suites if name != "models")

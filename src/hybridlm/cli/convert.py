@@ -59,6 +59,7 @@ def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
     """Refuse, before any work, a destination that is the source, lies inside it or holds it, or may not
     be replaced."""
     from ..ownership import OwnershipError, check_replaceable, read_marker
+    from ..run_dir import describe
 
     src, dst = source.resolve(), destination.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
@@ -73,5 +74,4 @@ def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
             "choose another directory"
         )
     if not overwrite:
-        what = "an export" if kind == "hf-export" else "a checkpoint"
-        raise OwnershipError(f"{destination} already holds {what}; pass --overwrite to replace it")
+        raise OwnershipError(f"{destination} already holds {describe(destination)}; pass --overwrite to replace it")

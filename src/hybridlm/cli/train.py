@@ -18,15 +18,12 @@ from pathlib import Path
 from .. import settings
 from ..config import ConfigError
 from ..data.tokenizer import ByteTokenizer
+from ..preset_table import refuse_paper
 from .common import add_model_flags, progress_bar, task_settings
 
 log = logging.getLogger(__name__)
 
 HELP = "train on text or a synthetic task (mqar, passkey, copy, induction); --out DIR, --resume"
-PAPER_REFUSAL = (
-    "--size paper is the published shape (up to billions of weights) and train would allocate it; "
-    "use --size tiny or small (inspect and analyze read paper sizes without weights)"
-)
 
 
 def add_arguments(parser) -> None:
@@ -111,8 +108,7 @@ def resolve(args):
             **task_settings(args.task_set),
         }
     size = args.size or recipe.get("size", "small")
-    if size == "paper":
-        raise ConfigError(PAPER_REFUSAL)
+    refuse_paper(size, "train")
     target = args.model or recipe.get("model")
     overrides = {**recipe.get("set", {}), **parse_overrides(args.overrides)}
     saved = Path(args.out) / STATE_FILE if args.out else None
