@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py [--device auto|cuda|cpu] [--budget SECONDS]
 
-Run by benchmarks/gpu_check.sh after it installs the CUDA wheels. Parity, per mixer family (tiny
+Run by benchmarks/gpu_check.sh once it has found or installed a CUDA torch. Parity, per mixer family (tiny
 models, same weights on both sides), against the CPU model in float64 (the plain references):
   fp32 forward logits and gradients (TF32 off), rel <= 2e-3 (mamba_ssm's Triton kernels use TF32 dots);
   bf16 autocast forward, rel <= 5e-2; cached decoding (prefill, then one token at a time) against the

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # GPU readiness check (issue 14, item 8), <= 8 minutes on a CUDA machine, one verdict line at the end.
 #
-#   bash benchmarks/gpu_check.sh                  # make .venv-gpu, install the CUDA wheels, run the checks
+#   bash benchmarks/gpu_check.sh                  # find or install a CUDA torch, then run the checks
 #   bash benchmarks/gpu_check.sh --no-install     # run the checks with $PYTHON (default .venv/bin/python)
 #
-# Installs torch ($TORCH_SPEC, PyPI's Linux wheels are CUDA builds; pass PIP_EXTRA='--index-url ...'
-# for another CUDA version), this package with its test extras, then mamba_ssm (with
-# MAMBA_KEEP_CUDA_BUILD=TRUE so its Mamba-1 kernel is built) and causal_conv1d when they install
-# within the time left; a failed kernel install is reported and the checks run on the torch path.
-# Then benchmarks/gpu_check.py: CUDA parity against the CPU float64 reference (fp32, bf16 autocast
-# with fp32 states, cached decoding) and a short speed table. Exit code 0 on PASS or SKIPPED.
+# A CUDA machine usually comes with a CUDA build of torch: when $GPU_CHECK_PYTHON (default python3)
+# sees a CUDA device, that Python is used as it is and nothing is installed into it. hybridlm runs
+# from src/, and what it lacks (its dependencies, then mamba_ssm and causal_conv1d) is installed
+# without dependencies into $GPU_CHECK_VENV-site when a package index is reachable; on a machine
+# with no network the kernels are reported as not tried and a missing dependency is named.
+# Otherwise it makes $GPU_CHECK_VENV (default .venv-gpu) and installs torch ($TORCH_SPEC; PyPI's Linux
+# wheels are CUDA builds; PIP_EXTRA='--index-url ...' picks another CUDA version), this package with
+# its test extras, then mamba_ssm (MAMBA_KEEP_CUDA_BUILD=TRUE, so its Mamba-1 kernel is built) and
+# causal_conv1d when they install within the time left; a failed kernel install is reported and the
+# checks run on the torch path. Then benchmarks/gpu_check.py: CUDA parity against the CPU float64
+# reference (fp32, bf16 autocast with fp32 states, cached decoding) and a short speed table.
+# Exit code 0 on PASS or SKIPPED.
 set -uo pipefail
 
 BUDGET=${GPU_CHECK_BUDGET:-480}  # seconds for everything
 VENV=${GPU_CHECK_VENV:-.venv-gpu}
+CUDA_PYTHON=${GPU_CHECK_PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 PIP_EXTRA=${PIP_EXTRA:-}
 INSTALL=1
@@ -27,33 +34,91 @@ cd "$(dirname "$0")/.." || exit 2
 left() { echo $((BUDGET - SECONDS)); }
 notes=()
 
-if [ "$INSTALL" = 1 ]; then
-    PYTHON="$VENV/bin/python"
-    if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-        echo "GPU CHECK: SKIPPED (no NVIDIA GPU: nvidia-smi finds none; nothing installed)"
-        exit 0
-    fi
-    nvidia-smi -L
-    [ -x "$PYTHON" ] || python3 -m venv "$VENV" || { echo "GPU CHECK: FAIL (cannot create $VENV)"; exit 1; }
+cuda_torch() {  # prints "torch VERSION, CUDA VERSION" when Python $1 has a torch that sees a CUDA device
+    command -v "$1" >/dev/null 2>&1 && timeout 120 "$1" -c \
+        'import torch; assert torch.cuda.is_available(); print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")' \
+        2>/dev/null
+}
+
+index_reachable() {  # pip run by Python $1 fetches one small wheel from the package index within 30 s
+    local probe status
+    probe=$(mktemp -d)
     # shellcheck disable=SC2086
-    timeout "$(left)" "$VENV/bin/pip" install -q "$TORCH_SPEC" $PIP_EXTRA \
-        || { echo "GPU CHECK: FAIL (installing $TORCH_SPEC failed or ran out of time)"; exit 1; }
-    # shellcheck disable=SC2086
-    timeout "$(left)" "$VENV/bin/pip" install -q -e ".[dev]" -c constraints.txt $PIP_EXTRA \
-        || { echo "GPU CHECK: FAIL (installing hybridlm[dev] failed or ran out of time)"; exit 1; }
+    timeout 30 "$1" -m pip download -q --no-deps --timeout 5 --retries 0 -d "$probe" $PIP_EXTRA setuptools \
+        >/dev/null 2>&1
+    status=$?
+    rm -rf "$probe"
+    return "$status"
+}
+
+missing_requirements() {  # the pip names of hybridlm's dependencies that Python $1 cannot import
+    "$1" - <<'EOF'
+import importlib.util
+needed = {"numpy": "numpy", "safetensors": "safetensors", "tokenizers": "tokenizers", "yaml": "pyyaml",
+          "tqdm": "tqdm", "numba": "numba llvmlite"}
+print(" ".join(name for module, name in needed.items() if importlib.util.find_spec(module) is None))
+EOF
+}
+
+install_kernels() {  # "$@": the pip install command; mamba_ssm and causal_conv1d, as the time left allows
+    local package spare
     for package in mamba_ssm causal_conv1d; do
         spare=$(( $(left) - 240 ))  # keep 4 minutes for the checks themselves
         if [ "$spare" -le 0 ]; then
             notes+=("$package not tried (no time left)")
             continue
         fi
-        if MAMBA_KEEP_CUDA_BUILD=TRUE timeout "$spare" "$VENV/bin/pip" install -q --no-build-isolation "$package" \
+        # shellcheck disable=SC2086
+        if MAMBA_KEEP_CUDA_BUILD=TRUE timeout "$spare" "$@" --no-build-isolation "$package" $PIP_EXTRA \
             >"/tmp/gpu_check_$package.log" 2>&1; then
             notes+=("$package installed")
         else
             notes+=("$package not installable here (log: /tmp/gpu_check_$package.log)")
         fi
     done
+}
+
+if [ "$INSTALL" = 1 ]; then
+    if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+        echo "GPU CHECK: SKIPPED (no NVIDIA GPU: nvidia-smi finds none; nothing installed)"
+        exit 0
+    fi
+    nvidia-smi -L
+    if found=$(cuda_torch "$CUDA_PYTHON"); then
+        PYTHON=$CUDA_PYTHON
+        SITE="$VENV-site"
+        [ "${SITE#/}" != "$SITE" ] || SITE="$PWD/$SITE"
+        export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+        echo "using $CUDA_PYTHON as it is ($found); hybridlm from src/"
+        missing=$(missing_requirements "$PYTHON")
+        if index_reachable "$PYTHON"; then
+            pip_target=("$PYTHON" -m pip install -q --no-deps --target "$SITE")
+            # shellcheck disable=SC2086
+            [ -z "$missing" ] || timeout "$(left)" "${pip_target[@]}" $missing $PIP_EXTRA \
+                || { echo "GPU CHECK: FAIL (installing $missing into $SITE failed or ran out of time)"; exit 1; }
+            install_kernels "${pip_target[@]}"
+        else
+            [ -z "$missing" ] || {
+                echo "GPU CHECK: FAIL ($PYTHON lacks $missing and no package index is reachable: bring them as wheels)"
+                exit 1
+            }
+            notes+=("mamba_ssm and causal_conv1d not tried (no package index reachable; the torch path is checked)")
+        fi
+    else
+        PYTHON="$VENV/bin/python"
+        [ -x "$PYTHON" ] || python3 -m venv "$VENV" || { echo "GPU CHECK: FAIL (cannot create $VENV)"; exit 1; }
+        index_reachable "$PYTHON" || {
+            echo "GPU CHECK: FAIL (no CUDA torch in $CUDA_PYTHON, and no package index is reachable to install $TORCH_SPEC)"
+            exit 1
+        }
+        # shellcheck disable=SC2086
+        timeout "$(left)" "$VENV/bin/pip" install -q "$TORCH_SPEC" $PIP_EXTRA \
+            || { echo "GPU CHECK: FAIL (installing $TORCH_SPEC failed or ran out of time)"; exit 1; }
+        # shellcheck disable=SC2086
+        timeout "$(left)" "$VENV/bin/pip" install -q -e ".[dev]" -c constraints.txt $PIP_EXTRA \
+            || { echo "GPU CHECK: FAIL (installing hybridlm[dev] failed or ran out of time)"; exit 1; }
+        install_kernels "$VENV/bin/pip" install -q
+    fi
 else
     PYTHON=${PYTHON:-.venv/bin/python}
     command -v "$PYTHON" >/dev/null 2>&1 \
@@ -66,10 +131,17 @@ if [ "$remaining" -le 30 ]; then
     echo "GPU CHECK: FAIL (the ${BUDGET} s budget was spent before the checks started)"
     exit 1
 fi
-# the last line gpu_check.py prints is the verdict; the timeout leaves 10 s to say so if it hangs
-timeout "$((remaining - 10))" "$PYTHON" benchmarks/gpu_check.py --budget "$((remaining - 90))"
-status=$?
+# the last line gpu_check.py prints is its verdict; the timeout leaves 10 s to give one if it hangs or crashes
+log=$(mktemp)
+PYTHONUNBUFFERED=1 timeout "$((remaining - 10))" "$PYTHON" benchmarks/gpu_check.py --budget "$((remaining - 90))" \
+    2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+verdict=$(tail -n 1 "$log")
+rm -f "$log"
 if [ "$status" = 124 ]; then
     echo "GPU CHECK: FAIL (the checks did not finish within the ${BUDGET} s budget)"
+elif [ "${verdict#GPU CHECK: }" = "$verdict" ]; then
+    echo "GPU CHECK: FAIL (benchmarks/gpu_check.py stopped with status $status before its verdict; its output is above)"
+    status=1
 fi
 exit "$status"
