@@ -251,7 +251,8 @@ def test_convert_refuses_a_training_run_and_names_what_it_would_replace(checkpoi
     before = sorted(p.name for p in run.iterdir())
     for extra in ([], ["--overwrite"]):  # its metrics and optimizer state are not convert's to replace
         assert main(["convert", str(directory), str(run), *extra]) == 2
-        assert "holds a training run (`hybridlm train --out`), which convert does not" in capsys.readouterr().err
+        refusal = "holds a training run, which convert does not replace: choose another destination"
+        assert refusal in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == before
     assert main(["convert", str(run), str(tmp_path / "hf"), "--to-hf"]) == 0
     assert main(["convert", str(run), str(tmp_path / "hf"), "--to-hf"]) == 2

@@ -14,6 +14,7 @@ import torch
 
 import hybridlm
 from hybridlm.cli import main
+from hybridlm.ownership import OwnershipError
 from hybridlm.train import TrainConfig, TrainingDiverged, train
 
 from .helpers import tiny_config
@@ -157,6 +158,28 @@ def test_sweep_refuses_an_output_folder_it_did_not_write(tmp_path, capsys):
     before = tree_hashes(folder)
     code, _, err = cli(capsys, "sweep", spec, "--out", folder)
     assert code == 2 and "did not write" in err and tree_hashes(folder) == before
+
+
+def test_a_run_and_a_sweep_never_replace_each_other(tmp_path, capsys):
+    spec = tmp_path / "sweep.json"
+    spec.write_text(
+        json.dumps({"base": {"d_model": 32, "n_heads": 2}, "train": {"steps": 1}, "grid": {"train.seed": [0]}})
+    )
+    sweep = tmp_path / "sweep"
+    assert cli(capsys, "sweep", spec, "--out", sweep)[0] == 0
+    before = tree_hashes(sweep)
+    for flags in ([], ["--overwrite"], ["--resume", "auto"]):  # `auto` deleted a sweep's results.json and study
+        code, _, err = cli(capsys, "train", *MODEL, *TASK, "--steps", "2", "--out", sweep, *flags)
+        assert code == 2 and f"{sweep} holds a sweep's results, which train does not replace" in err, err
+    assert tree_hashes(sweep) == before
+    run = tmp_path / "run"
+    assert cli(capsys, "train", *MODEL, *TASK, "--steps", "2", "--out", run)[0] == 0
+    before = tree_hashes(run)
+    code, _, err = cli(capsys, "sweep", spec, "--out", run)
+    assert code == 2 and f"{run} holds a training run, which a sweep does not replace: choose another --out" in err
+    with pytest.raises(OwnershipError, match="holds a training run, which a checkpoint save does not"):
+        hybridlm.save(hybridlm.load(run), run, overwrite=True)
+    assert tree_hashes(run) == before
 
 
 def test_stale_staging_folders_are_removed_on_resume(tmp_path):

@@ -61,7 +61,7 @@ def save_state(
         if not (config.tie_embeddings and name == "lm_head.weight")
     }
     check_finite(tensors, f"refusing to save {directory}")
-    with atomic_directory(directory, overwrite=overwrite) as staging:
+    with atomic_directory(directory, kind, overwrite=overwrite) as staging:
         config.to_json(staging / CONFIG_FILE)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
@@ -179,14 +179,15 @@ def _few(names: list[str]) -> str:
 
 # ---- atomic directory replacement ------------------------------------------------------------------
 @contextmanager
-def atomic_directory(directory, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(directory, kind: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory; when the block succeeds it takes `directory`'s place at once.
 
-    An existing, non-empty `directory` is replaced only with `overwrite` and only when hybridlm wrote
-    all of it; staging folders an interrupted save left beside it are removed first.
+    An existing, non-empty `directory` is replaced only with `overwrite`, only when hybridlm wrote
+    all of it, and only by what may replace its kind (a checkpoint never replaces a training run);
+    staging folders an interrupted save left beside it are removed first.
     """
     directory = Path(directory)
-    check_replaceable(directory)
+    check_replaceable(directory, writing=kind)
     if directory.is_dir() and any(directory.iterdir()) and not overwrite:
         raise OwnershipError(f"{directory} already holds a checkpoint; pass --overwrite (overwrite=True) to replace it")
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,11 @@
 replacing or emptying anything else.
 
 A directory hybridlm writes holds `hybridlm.json`: who wrote it, what kind of directory it is (a
-training run, a checkpoint, a Hugging Face export) and the names of the entries it owns. A
-directory may be replaced or cleared only when it carries the marker and holds nothing else;
-every output path is checked (creatable, writable, not below a file) before any work starts.
+training run, a checkpoint, a Hugging Face export, a sweep's results, token shards) and the names of
+the entries it owns. A directory may be replaced or cleared only when it carries the marker, holds
+nothing else, and is of a kind its new writer may replace (`REPLACES`: a training run never replaces
+a sweep's results, nor a sweep a run); every output path is checked (creatable, writable, not below
+a file) before any work starts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ from .config import ConfigError
 
 MARKER = "hybridlm.json"
 STAGING_TAGS = (".staging.", ".old.")  # sibling folders of an interrupted atomic save: .NAME.staging.XXXX
+KIND_NAMES = {
+    "run": "a training run",
+    "checkpoint": "a checkpoint",
+    "hf-export": "an export",
+    "sweep": "a sweep's results",
+    "shards": "token shards",
+}
+# the kinds of directory that the writer of each kind may replace (an empty or missing one it always may)
+REPLACES = {
+    "run": ("run", "checkpoint", "hf-export"),
+    "checkpoint": ("checkpoint", "hf-export"),
+    "hf-export": ("checkpoint", "hf-export"),
+    "sweep": ("sweep",),
+}
+WRITERS = {"run": "train", "checkpoint": "a checkpoint save", "hf-export": "an export", "sweep": "a sweep"}
 
 
 class OwnershipError(ConfigError):
@@ -52,8 +69,14 @@ def foreign_entries(directory) -> list[str]:
     return [name for name in entries if name not in owned]
 
 
-def check_replaceable(directory, what: str = "directory") -> None:
-    """Raise unless `directory` is absent, empty, or wholly written by hybridlm."""
+def describe(directory) -> str:
+    """What a directory hybridlm wrote holds, by its marker's kind ("a checkpoint", "a sweep's results" ...)."""
+    return KIND_NAMES.get((read_marker(directory) or {}).get("kind"), "files")
+
+
+def check_replaceable(directory, what: str = "directory", writing: str | None = None, by: str | None = None) -> None:
+    """Raise unless `directory` is absent, empty, or wholly written by hybridlm and, when `writing` names
+    the kind about to be written there, of a kind that one may replace (`REPLACES`); `by` names the writer."""
     directory = Path(directory)
     check_output_path(directory)
     if not directory.exists():
@@ -63,6 +86,12 @@ def check_replaceable(directory, what: str = "directory") -> None:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
         raise OwnershipError(
             f"{directory} holds files hybridlm did not write ({shown}); refusing to replace it: choose another {what}"
+        )
+    kind = (read_marker(directory) or {}).get("kind")
+    if writing is not None and any(directory.iterdir()) and kind not in REPLACES[writing]:
+        raise OwnershipError(
+            f"{directory} holds {describe(directory)}, which {by or WRITERS[writing]} does not replace: "
+            f"choose another {what}"
         )
 
 

@@ -10,7 +10,8 @@
 
 The rules, checked before any work: a missing or empty directory starts a run; a finished or
 interrupted run is continued with `resume` and replaced with `overwrite`, refused otherwise; a
-directory holding anything hybridlm did not write is refused in every mode.
+directory holding anything hybridlm did not write, or what a run does not replace (a sweep's
+results, token shards), is refused in every mode.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .ownership import (
     OwnershipError,
     check_replaceable,
     clear,
+    describe,
     marker,
     own,
     read_marker,
@@ -46,7 +48,7 @@ def check(path, resume: bool | str = False, overwrite: bool = False) -> bool:
     `resume`: True continues the run saved there (an error when there is none); "auto" continues
     it when there is one and starts otherwise. `overwrite` replaces a run or checkpoint hybridlm wrote."""
     path = Path(path)
-    check_replaceable(path, "--out")  # foreign files: refused in every mode
+    check_replaceable(path, "--out", writing="run")  # foreign files, sweeps, shards: refused in every mode
     saved = (path / STATE_FILE).exists()
     if resume and saved:
         return True
@@ -58,7 +60,9 @@ def check(path, resume: bool | str = False, overwrite: bool = False) -> bool:
                 f"{path} holds a training run saved at step {saved_step(path)}: --resume continues it, "
                 "--overwrite replaces it"
             )
-        raise OwnershipError(f"{path} holds {describe(path)}, nothing to resume: --overwrite replaces it")
+        unsaved_run = (read_marker(path) or {}).get("kind") == "run"
+        held = "a run that saved no checkpoint yet" if unsaved_run else describe(path)
+        raise OwnershipError(f"{path} holds {held}, nothing to resume: --overwrite replaces it")
     return False
 
 
@@ -76,14 +80,6 @@ def prepare(path, resuming: bool) -> None:
 
 def saved_step(path) -> int:
     return json.loads((Path(path) / STATE_FILE).read_text())["step"]
-
-
-def describe(path: Path) -> str:
-    """What a directory hybridlm wrote holds, by its marker's kind ("a checkpoint", "an export", ...)."""
-    kind = (read_marker(path) or {}).get("kind", "files")
-    return {"run": "a run that saved no checkpoint yet", "checkpoint": "a checkpoint", "hf-export": "an export"}.get(
-        kind, "files"
-    )
 
 
 def write_owned(path, name: str, text: str) -> None:

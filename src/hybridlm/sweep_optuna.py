@@ -92,7 +92,7 @@ def open_study(spec: dict, out, sampler: str, space: dict):
     optuna = _optuna()
     storage = None
     if out is not None:
-        check_replaceable(out, "--out")
+        check_replaceable(out, "--out", writing="sweep")
         Path(out).mkdir(parents=True, exist_ok=True)
         own(out, STUDY_FILE, kind="sweep")
         storage = f"sqlite:///{Path(out).absolute() / STUDY_FILE}"

@@ -43,7 +43,7 @@ class Results:
     def __init__(self, out=None):
         self.out = Path(out) if out is not None else None
         if self.out is not None:
-            check_replaceable(self.out, "--out")
+            check_replaceable(self.out, "--out", writing="sweep")
         path = self.out / RESULTS_FILE if self.out is not None else None
         rows = json.loads(path.read_text()) if path is not None and path.exists() else []
         self.rows = {row["key"]: row for row in rows if "key" in row}

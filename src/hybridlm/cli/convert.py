@@ -58,20 +58,14 @@ def run(args) -> None:
 def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
     """Refuse, before any work, a destination that is the source, lies inside it or holds it, or may not
     be replaced."""
-    from ..ownership import OwnershipError, check_replaceable, read_marker
-    from ..run_dir import describe
+    from ..ownership import OwnershipError, check_replaceable, describe
 
     src, dst = source.resolve(), destination.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         raise OwnershipError(f"destination {destination} is, holds or lies inside the source: choose a new directory")
-    check_replaceable(destination, "destination")
+    # a conversion writes a checkpoint or an export: never over a run's metrics and optimizer state, or a sweep
+    check_replaceable(destination, "destination", writing="checkpoint", by="convert")
     if not (destination.is_dir() and any(destination.iterdir())):
         return
-    kind = (read_marker(destination) or {}).get("kind")
-    if kind == "run":  # its metrics, optimizer state and recipe are no conversion's to replace
-        raise OwnershipError(
-            f"{destination} holds a training run (`hybridlm train --out`), which convert does not replace: "
-            "choose another directory"
-        )
     if not overwrite:
         raise OwnershipError(f"{destination} already holds {describe(destination)}; pass --overwrite to replace it")

@@ -134,7 +134,7 @@ def write_checkpoint(
     an earlier export there is replaced only with `overwrite`."""
     contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
     check_finite(contiguous, f"refusing to export {directory}")
-    with atomic_directory(directory, overwrite=overwrite) as staging:
+    with atomic_directory(directory, "hf-export", overwrite=overwrite) as staging:
         (staging / CONFIG_FILE).write_text(json.dumps(_encode_floats(config), indent=2, sort_keys=True) + "\n")
         save_file(contiguous, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         for name, content in (extra_files or {}).items():
