@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 
 import hybridlm
 from hybridlm import CheckpointError, HybridLM, ModelConfig
+from hybridlm.cli import main
 from hybridlm.data.tokenizer import HFTokenizer, train_bpe
 from hybridlm.ownership import OwnershipError
 
@@ -97,6 +98,17 @@ def test_tokenizer_round_trip(tmp_path):
     assert isinstance(loaded, HFTokenizer)
     assert loaded.decode(loaded.encode("the cat")) == "the cat"
     assert isinstance(hybridlm.load_tokenizer(tmp_path), hybridlm.ByteTokenizer)
+
+
+def test_a_corrupt_tokenizer_file_is_refused_in_one_line(tmp_path, capsys):
+    tokenizer = train_bpe(["the cat sat on the mat"] * 20, vocab_size=280)
+    hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "m", tokenizer=tokenizer)
+    (tmp_path / "m" / "tokenizer.json").write_text('{"type": "bpe", "merges": 5}')
+    with pytest.raises(CheckpointError, match=r"m/tokenizer.json: not a tokenizer file `tokenizers` can read \("):
+        hybridlm.load_tokenizer(tmp_path / "m")
+    assert main(["eval", str(tmp_path / "m"), "--task", "text", "--seq-len", "16"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hybridlm eval: error: ") and "tokenizer.json: not a tokenizer file" in line
 
 
 def _saved(tmp_path):

@@ -276,6 +276,7 @@ def test_a_closed_stdout_ends_quietly():
         (["--steps", "-1"], "steps=-1: must be >= 1"),
         (["--lr", "-1"], "lr=-1.0: must be > 0.0"),
         (["--lr", "nan"], "lr=nan: must be a finite number"),
+        (["--lr", "1e39"], "lr=1e+39: must be > 0.0 and <= 1e+30"),  # AdamW's float32 update overflowed: a traceback
         (["--steps", "5", "--warmup-steps", "9"], "warmup_steps=9 exceeds steps=5"),
         (["--min-lr-ratio", "2"], "min_lr_ratio=2.0: must be in [0.0, 1.0]"),
         (["--eval-batches", "0"], "eval_batches=0: must be >= 1"),

@@ -41,7 +41,9 @@ class TrainConfig:
     steps: int = setting(200, "total optimizer steps", minimum=1)
     batch_size: int = setting(32, "sequences per optimizer step, over all ranks and micro-steps", minimum=1)
     grad_accum: int = setting(1, "micro-steps per optimizer step (gradient accumulation)", minimum=1)
-    lr: float = setting(3e-3, "peak learning rate", above=0.0)
+    lr: float = setting(
+        3e-3, "peak learning rate (at most 1e30: AdamW's float32 update overflows beyond)", above=0.0, maximum=1e30
+    )
     min_lr_ratio: float = setting(0.1, "final learning rate as a fraction of the peak", minimum=0.0, maximum=1.0)
     warmup_steps: int | None = setting(None, "linear warm-up steps, at most steps (default: min(20, steps))", minimum=0)
     weight_decay: float = setting(0.1, "AdamW weight decay on matrices", minimum=0.0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import CheckpointError
+
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -51,9 +53,14 @@ class HFTokenizer:
 
     @classmethod
     def from_file(cls, path) -> HFTokenizer:
+        """Refused in one line (CheckpointError) when `path` is not a file `tokenizers` can read."""
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(path)))
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as error:  # tokenizers raises a bare Exception for a malformed file
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{path}: not a tokenizer file `tokenizers` can read ({reason})") from None
 
 
 def train_bpe(texts, vocab_size: int, eos_token: str = "<|endoftext|>") -> HFTokenizer:
