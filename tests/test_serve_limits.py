@@ -49,6 +49,10 @@ BAD_REQUESTS = {
     "empty prompt list": ({**GOOD, "prompt": []}, 400),
     "token id out of range": ({**GOOD, "prompt": [1, 2, 9999]}, 400),
     "echo": ({**GOOD, "echo": True}, 400),
+    "seed beyond 64 bits": ({**GOOD, "seed": 2**64}, 400),  # was a 500 (an overflow in the engine)
+    "temperature NaN": ({**GOOD, "temperature": float("nan")}, 400),
+    "stream_options without stream": ({**GOOD, "stream_options": {"include_usage": True}}, 400),
+    "an empty token-id list": ({**GOOD, "prompt": [[1, 2], []]}, 400),
     "unknown model": ({**GOOD, "model": "gpt-9"}, 404),
 }
 
@@ -80,6 +84,26 @@ def test_an_unknown_route_answers_in_openai_shape(limited):
     status, answer = post(f"{limited}/v1/chat/completions", GOOD)
     assert status == 404 and set(answer["error"]) == {"message", "type", "param", "code"}
     assert answer["error"]["message"].startswith("POST /v1/chat/completions: Not Found; this server has POST /v1/")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prompt": {"text": "hi"}}, "prompt: must be a string, a list of strings, a list of token ids or a list of"),
+        ({"temperature": float("nan")}, "temperature: Input should be a finite number"),
+        ({"stream_options": {"include_usage": True}}, "stream_options is only allowed when stream is true"),
+        ({"seed": -(2**63) - 1}, "seed: Input should be greater than or equal to -9223372036854775808"),
+    ],
+)
+def test_refusals_say_what_was_wrong(limited, change, message):
+    status, answer = post(f"{limited}/v1/completions", {**GOOD, **change})
+    assert status == 400 and answer["error"]["message"].startswith(message), answer
+
+
+def test_a_list_of_token_id_lists_is_one_completion_each(limited):
+    status, answer = post(f"{limited}/v1/completions", {**GOOD, "prompt": [[104, 105], [106]], "seed": 2**64 - 1})
+    assert status == 200 and [choice["index"] for choice in answer["choices"]] == [0, 1]
+    assert answer["usage"]["prompt_tokens"] == 3
 
 
 def test_prompt_of_token_ids_and_limits_at_the_edge(limited):

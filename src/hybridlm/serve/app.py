@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine, Event, Job, QueueFull
-from .schema import CompletionRequest, Limits, RequestError, error_body
+from .schema import PROMPT_TYPES, CompletionRequest, Limits, RequestError, error_body
 from .text import TextStream
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ def create_app(engine: Engine, tokenizer, model_name: str, limits: Limits | None
             message = f"the body is not valid JSON{f' ({reason})' if reason else ''} at character {first['loc'][-1]}"
             return JSONResponse(error_body(message), status_code=400)
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        if location[:1] == ["prompt"]:  # pydantic names the first union member it tried ("prompt.str: ...")
+            location, first = ["prompt"], {"msg": f"must be {PROMPT_TYPES}"}
         message = f"{'.'.join(location) + ': ' if location else ''}{first.get('msg', 'invalid request')}"
         return JSONResponse(error_body(message, param=".".join(location) or None), status_code=400)
 

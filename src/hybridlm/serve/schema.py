@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+PROMPT_TYPES = "a string, a list of strings, a list of token ids or a list of token-id lists"
 
 
 class StreamOptions(BaseModel):
@@ -20,12 +23,12 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1)  # not OpenAI's; vLLM's extension, sent by clients as extra_body
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator.manual_seed takes
     stop: str | list[str] | None = None
     n: Literal[1] = 1
     stream: bool = False
@@ -36,6 +39,12 @@ class CompletionRequest(BaseModel):
     frequency_penalty: Literal[0, 0.0] = 0
     best_of: Literal[1] | None = None
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _stream_options_need_a_stream(self) -> CompletionRequest:
+        if self.stream_options is not None and not self.stream:  # as OpenAI refuses it
+            raise PydanticCustomError("stream_options", "stream_options is only allowed when stream is true")
+        return self
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt: a string, or token ids."""
