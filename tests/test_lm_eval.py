@@ -18,7 +18,7 @@ from hybridlm import ByteTokenizer, ConfigError, HybridLM
 
 pytest.importorskip("lm_eval")
 
-from hybridlm.lm_eval.scoring import generate_until, score_continuations  # noqa: E402
+from hybridlm.lm_eval.scoring import generate_until, sampling_settings, score_continuations  # noqa: E402
 
 from .helpers import tiny_config  # noqa: E402
 
@@ -64,6 +64,43 @@ def test_generation_stops_at_the_first_stop_string():
     contexts = ["Q: hi\nA:", "x"]
     texts = generate_until(model, TOKENIZER, [TOKENIZER.encode(c) for c in contexts], ["e", "\n"], 12)
     assert texts == [direct_generation(model, c, ["e", "\n"], 12) for c in contexts]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "sampling"),
+    [
+        ({"until": ["\n"], "do_sample": False, "temperature": 0.8}, {"temperature": 0.0}),
+        ({"temperature": 0.8, "top_k": 3}, {"temperature": 0.0}),  # transformers: greedy without do_sample
+        ({"do_sample": True}, {"temperature": 1.0, "top_k": None, "top_p": None}),  # was greedy
+        (
+            {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
+            {"temperature": 0.7, "top_k": 5, "top_p": 0.9},
+        ),
+    ],
+)
+def test_generation_kwargs_are_read_as_transformers_reads_them(kwargs, sampling):
+    assert sampling_settings(kwargs) == sampling
+
+
+def test_sampling_applies_top_k_and_top_p():
+    model = rf_af_model()
+    contexts = [TOKENIZER.encode(c) for c in ("Q: hi\nA:", "x", "the cat")]
+    greedy = [direct_generation(model, c, [], 12) for c in ("Q: hi\nA:", "x", "the cat")]
+    assert generate_until(model, TOKENIZER, contexts, [], 12, temperature=1.0, top_k=1, seed=0) == greedy
+    assert generate_until(model, TOKENIZER, contexts, [], 12, temperature=1.0, top_p=1e-9, seed=0) == greedy
+    assert generate_until(model, TOKENIZER, contexts, [], 12, temperature=1.0, seed=0) != greedy
+
+
+def test_unsupported_generation_settings_are_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from hybridlm.lm_eval.backend import HybridLMEval
+
+    hybridlm.save(rf_af_model(), tmp_path / "run")
+    lm = HybridLMEval(pretrained=str(tmp_path / "run"))
+    request = SimpleNamespace(args=("Q: hi", {"until": ["\n"], "num_beams": 4}))
+    with pytest.raises(ValueError, match=r"generation settings \['num_beams'\] are not supported"):
+        lm.generate_until([request])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from lm_eval.api.registry import register_model
 
 from ..checkpoint import load
 from ..data.tokenizer import load_tokenizer
-from .scoring import generate_until, score_continuations
+from .scoring import GENERATION_SETTINGS, generate_until, sampling_settings, score_continuations
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,15 @@ class HybridLMEval(TemplateLM):
         outputs: list[str | None] = [None] * len(requests)
         for indices in groups.values():
             settings = dict(requests[indices[0]].args[1])
+            unknown = sorted(set(settings) - GENERATION_SETTINGS)
+            if unknown:
+                raise ValueError(
+                    f"generation settings {unknown} are not supported (supported: {sorted(GENERATION_SETTINGS)})"
+                )
             until = settings.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(settings.get("max_gen_toks", self.max_gen_toks))
-            temperature = float(settings.get("temperature", 0.0)) if settings.get("do_sample") else 0.0
+            sampling = sampling_settings(settings)
             keep = max(1, self.max_length - max_tokens)
             contexts = {
                 index: self.tok_encode(requests[index].args[0])[-keep:] or [self.prefix_token_id] for index in indices
@@ -125,7 +130,7 @@ class HybridLMEval(TemplateLM):
             for start in range(0, len(ordered), self.batch_size):
                 batch = ordered[start : start + self.batch_size]
                 texts = generate_until(
-                    self.model, self.tokenizer, [contexts[i] for i in batch], until, max_tokens, temperature
+                    self.model, self.tokenizer, [contexts[i] for i in batch], until, max_tokens, **sampling
                 )
                 for index, text in zip(batch, texts):
                     outputs[index] = text

@@ -42,14 +42,34 @@ def score_continuations(model, pairs, batch_size: int, max_length: int) -> list[
     return results
 
 
-def generate_until(model, tokenizer, contexts, until: list[str], max_tokens: int, temperature=0.0, seed=None):
+GENERATION_SETTINGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
+
+
+def sampling_settings(settings: dict) -> dict:
+    """A task's `generation_kwargs` as `generate_until`'s sampling arguments, read as transformers'
+    `generate` reads them: greedy unless `do_sample`; sampling at temperature 1 unless one is given;
+    `top_k` / `top_p` filter only when sampling."""
+    if not settings.get("do_sample"):
+        return {"temperature": 0.0}
+    top_k, top_p = settings.get("top_k"), settings.get("top_p")
+    return {
+        "temperature": float(settings.get("temperature", 1.0)),
+        "top_k": None if top_k is None else int(top_k),
+        "top_p": None if top_p is None or float(top_p) == 1.0 else float(top_p),
+    }
+
+
+def generate_until(
+    model, tokenizer, contexts, until: list[str], max_tokens: int, temperature=0.0, top_k=None, top_p=None, seed=None
+):
     """Continue each context (ids) until a stop string, end-of-text or `max_tokens`; returns the texts
     without the stop string. One batch, left-padded, decoded step by step with the hybrid cache."""
     stop_tokens = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     texts = [TextStream(tokenizer, until) for _ in contexts]
     done = [False] * len(contexts)
     prompts = [torch.tensor(context) for context in contexts]
-    for step in stream(model, prompts, max_tokens, temperature=temperature, seed=seed, stop_tokens=stop_tokens):
+    steps = stream(model, prompts, max_tokens, temperature, top_k, top_p, seed=seed, stop_tokens=stop_tokens)
+    for step in steps:
         for row, token in enumerate(step.tolist()):
             if done[row]:
                 continue
