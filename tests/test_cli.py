@@ -30,6 +30,21 @@ def test_help_lists_every_verb(capsys):
         assert verb in out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "A", "--steps", "-1"], ["train", "A", "--stepz", "3"], ["train", "--resume", "--resume"], ["nope"]],
+    ids=["setting", "unknown-flag", "usage", "unknown-verb"],
+)
+def test_under_torchrun_rank_0_alone_prints_an_error(capsys, monkeypatch, argv):
+    for rank, printed in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        try:
+            code = main(argv)
+        except SystemExit as stop:  # argparse's own usage errors
+            code = stop.code
+        assert code == 2 and capsys.readouterr().err.count("error: ") == printed
+
+
 def test_presets_table(capsys):
     code, out, _ = run(capsys, "presets", "--json")
     rows = {row["preset"]: row for row in json.loads(out)}

@@ -3,7 +3,7 @@
 One module per verb, each with `HELP`, `add_arguments(parser)` and `run(args)`; adding a verb is
 one file plus one entry in `VERBS`. Errors a user can cause (a bad flag included) end with one line
 on stderr and exit 2; a training run stopped by a non-finite loss or gradient exits 3; a closed
-stdout (`| head`) ends quietly.
+stdout (`| head`) ends quietly. Under torchrun the ranks meet the same error, and rank 0 alone prints it.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if isinstance(error, OSError) and error.filename:  # "PATH: No such file or directory", not "[Errno 2] ..."
             error = f"{error.filename}: {error.strerror}"
-        print(f"hybridlm {args.verb}: error: {error}", file=sys.stderr)
+        _say(f"hybridlm {args.verb}: error: {error}")
         return 2
     except TrainingDiverged as error:
-        print(f"hybridlm {args.verb}: stopped: {error}", file=sys.stderr)
+        _say(f"hybridlm {args.verb}: stopped: {error}")
         return 3
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -64,13 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _say(line: str) -> None:
+    """One line on stderr, from rank 0 only under torchrun (the settings and the all-reduced checks are
+    the same on every rank, so every rank meets the same error)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
 def _unknown_flags(parser: argparse.ArgumentParser, args, unknown: list[str]) -> int:
     """One line naming the first unknown argument and, for a flag, the verb's nearest one."""
     verb = getattr(args, "verb", None)
     flags = [option for action in parser.verbs[verb]._actions for option in action.option_strings] if verb else []
     first = unknown[0].split("=", 1)[0]
     hint = nearest(first, flags).replace("; did you mean", ": did you mean") if first.startswith("-") else ""
-    print(f"hybridlm{' ' + verb if verb else ''}: error: unknown argument {first}{hint}", file=sys.stderr)
+    _say(f"hybridlm{' ' + verb if verb else ''}: error: unknown argument {first}{hint}")
     return 2
 
 
@@ -78,7 +85,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (exit 2) instead of the usage block."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        _say(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        self.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
