@@ -141,7 +141,7 @@ def test_shape_mismatch_is_refused(tmp_path):
     config["mamba"]["d_state"] = 4
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        CheckpointError, match=r"shape mismatch for layers.0.mixer.A_log: file \(128, 8\), config \(128, 4\)"
+        CheckpointError, match=r"shape mismatch for layers.0.mixer.A_log: file \(128, 8\), config.json \(128, 4\)"
     ):
         hybridlm.load(directory)
 

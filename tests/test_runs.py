@@ -257,6 +257,58 @@ def test_print_config_loads_back_to_the_identical_run(tmp_path, capsys):
     assert (tmp_path / "a" / "recipe.yaml").read_text() == recipe  # the run wrote its resolved recipe at start
 
 
+# ---- a fine-tune: a checkpoint directory as the model -----------------------------------------------
+def _max_difference(first, second) -> float:
+    return max((a - b).abs().max().item() for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_a_checkpoint_directory_as_the_model_starts_from_its_weights(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat, and the dog sat on the log. " * 200)
+    text = ["--task", "text", "--data", tmp_path / "corpus.txt", "--seq-len", "16", "--batch-size", "4"]
+    text += ["--eval-batches", "1"]
+    assert (
+        cli(capsys, "train", *MODEL, *text, "--steps", "3", "--tokenizer", "bpe:300", "--out", tmp_path / "base")[0]
+        == 0
+    )
+    base = hybridlm.load(tmp_path / "base")
+    nearly_still = [*text, "--steps", "1", "--lr", "1e-12", "--weight-decay", "0"]
+    assert cli(capsys, "train", tmp_path / "base", *nearly_still, "--out", tmp_path / "tuned")[0] == 0
+    assert _max_difference(hybridlm.load(tmp_path / "tuned"), base) < 1e-6  # it used to start from random weights
+    tuned_tokenizer = (tmp_path / "tuned" / "tokenizer.json").read_text()
+    assert tuned_tokenizer == (tmp_path / "base" / "tokenizer.json").read_text()  # the checkpoint's BPE
+    recipe = (tmp_path / "tuned" / "recipe.yaml").read_text()
+    assert f"init_from: {tmp_path / 'base'}" in recipe
+    assert cli(capsys, "train", "--config", tmp_path / "tuned" / "recipe.yaml", "--out", tmp_path / "again")[0] == 0
+    assert _max_difference(hybridlm.load(tmp_path / "again"), base) < 1e-6  # the recipe repeats the fine-tune
+    torch.manual_seed(0)  # what the fine-tune used to start from: the seed's initialisation
+    assert _max_difference(hybridlm.HybridLM(base.config), base) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["{base}", "--out", "{base}", "--overwrite"],
+            "--init-from {base} is --out: the run would replace the weights",
+        ),
+        (
+            ["mamba", "--size", "tiny", "--init-from", "{base}", "--out", "{out}"],
+            "weights do not match the model to train",
+        ),
+        (["{base}", "--tokenizer", "bpe:300", "--out", "{out}"], "a run from --init-from keeps {base}'s tokenizer"),
+        (["A", "--size", "tiny", "--init-from", "{out}", "--out", "{out}2"], "--init-from {out}: no checkpoint there"),
+    ],
+)
+def test_a_fine_tune_is_checked_before_any_work(tmp_path, capsys, flags, message):
+    base = tmp_path / "base"
+    assert cli(capsys, "train", *MODEL, *TASK, "--steps", "1", "--out", base)[0] == 0
+    before = tree_hashes(base)
+    values = {"base": base, "out": tmp_path / "out"}
+    code, _, err = cli(capsys, "train", *[f.format(**values) for f in flags], *TASK, "--steps", "1")
+    assert code == 2 and message.format(**values) in err, err
+    assert tree_hashes(base) == before and not (tmp_path / "out").exists()
+
+
 def test_tensorboard_sink_writes_events(tmp_path):
     train(tiny_config(pattern="A"), _recipe(steps=2, tensorboard=True), out=tmp_path / "run")
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -150,6 +150,12 @@ def load_config(directory) -> ModelConfig:
 
 def load_weights(model: HybridLM, path) -> None:
     """Copy the tensors of a safetensors file into `model`, checking names and shapes first."""
+    model.load_state_dict(read_weights(model, path), strict=False)
+
+
+def read_weights(model: HybridLM, path, expected_by: str = "config.json") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked against `model`'s names and shapes (a model on the
+    meta device will do; `expected_by` names where its config came from) and refused when any is not finite."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path.parent}: missing {path.name}")
@@ -162,15 +168,14 @@ def load_weights(model: HybridLM, path) -> None:
     unexpected = sorted(tensors.keys() - expected)
     if missing or unexpected:
         detail = f"missing {_few(missing)}" if missing else f"unexpected {_few(unexpected)}"
-        raise CheckpointError(f"{path}: weights do not match config.json ({detail})")
+        raise CheckpointError(f"{path}: weights do not match {expected_by} ({detail})")
     state = model.state_dict()
     for name, tensor in tensors.items():
         if tensor.shape != state[name].shape:
-            raise CheckpointError(
-                f"{path}: shape mismatch for {name}: file {tuple(tensor.shape)}, config {tuple(state[name].shape)}"
-            )
+            found, wanted = tuple(tensor.shape), tuple(state[name].shape)
+            raise CheckpointError(f"{path}: shape mismatch for {name}: file {found}, {expected_by} {wanted}")
     check_finite(tensors, f"{path}: refusing to load")
-    model.load_state_dict(tensors, strict=False)
+    return tensors
 
 
 def _few(names: list[str]) -> str:

@@ -49,6 +49,12 @@ class TrainConfig:
     weight_decay: float = setting(0.1, "AdamW weight decay on matrices", minimum=0.0)
     grad_clip: float = setting(1.0, "clip the global gradient norm to this", above=0.0)
     seed: int = setting(0, "seed of the initialisation and the batches", minimum=0)
+    init_from: str | None = setting(
+        None,
+        "start from the weights of this checkpoint or run directory: a fine-tune, with a new optimizer and "
+        "schedule and the checkpoint's tokenizer (default: the model argument when it is a directory)",
+        flag="--init-from",
+    )
     log_every: int = setting(10, "steps between metrics lines", minimum=1)
     eval_every: int = setting(0, "steps between held-out evaluations (0: at the end only)", minimum=0)
     eval_batches: int = setting(8, "held-out batches per evaluation", minimum=1)

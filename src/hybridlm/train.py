@@ -23,8 +23,9 @@ import torch
 
 from . import distributed, run_dir
 from .analysis.flops import model_flops
+from .analysis.params import build_meta
 from .analysis.routing import routing_metrics, routing_report
-from .checkpoint import CheckpointError, load_config, load_weights
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, load_config, load_weights, read_weights
 from .config import ConfigError, ModelConfig
 from .data.synthetic import make_task
 from .data.text import TextData
@@ -120,6 +121,7 @@ def train(
     if resuming:
         start_step = _check_resumable(out, model_config, config)
         tokenizer = load_tokenizer(out)
+    initial_weights = _initial_weights(config.init_from, model_config, out) if config.init_from else None
     data = make_data(config, tokenizer, model_config.vocab_size)  # bad task settings fail before any write
     distributed.barrier()  # every rank has read the directory before the main one changes it
     if out is not None and world.is_main:
@@ -134,9 +136,13 @@ def train(
         run_dir.own(out, METRICS_FILE, *(["tensorboard"] if config.tensorboard else []))
         run_dir.write_owned(out, RECIPE_FILE, dump_recipe(resolved_recipe(model_config, config)))
     torch.manual_seed(config.seed)
-    model = HybridLM(model_config).to(world.device)
+    model = HybridLM(model_config)
     if start_step:
-        load_weights(model, out / "model.safetensors")
+        load_weights(model, out / WEIGHTS_FILE)
+    elif initial_weights is not None:  # a fine-tune: the checkpoint's weights, a new optimizer and schedule
+        model.load_state_dict(initial_weights, strict=False)
+        log.info("starting from the weights of %s", config.init_from)
+    model = model.to(world.device)
     model.gradient_checkpointing = config.gradient_checkpointing
     parallel_model = distributed.wrap(model, world, config.parallel)  # before the optimizer: FSDP swaps params
     optimizer = build_optimizer(model, config)
@@ -247,6 +253,16 @@ def _check_finite(step: int, loss: torch.Tensor, grad_norm: float, out) -> None:
     quantity = "loss" if not loss_ok else f"gradient norm ({grad_norm})"
     kept = f"; the last checkpoint in {out} is intact" if out is not None and (Path(out) / STATE_FILE).exists() else ""
     raise TrainingDiverged(f"step {step}: non-finite {quantity}; stopped before updating the weights{kept}")
+
+
+def _initial_weights(source, model_config: ModelConfig, out) -> dict[str, torch.Tensor]:
+    """The tensors a fine-tune starts from, checked against `model_config` before any work."""
+    source = Path(source)
+    if not (source / CONFIG_FILE).is_file():
+        raise CheckpointError(f"--init-from {source}: no checkpoint there (no {CONFIG_FILE})")
+    if out is not None and source.resolve() == Path(out).resolve():
+        raise ConfigError(f"--init-from {source} is --out: the run would replace the weights it starts from")
+    return read_weights(build_meta(model_config), source / WEIGHTS_FILE, expected_by="the model to train")
 
 
 def _check_resumable(out, model_config: ModelConfig, config: TrainConfig) -> int:

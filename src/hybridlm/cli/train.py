@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import settings
 from ..config import ConfigError
-from ..data.tokenizer import ByteTokenizer
+from ..data.tokenizer import ByteTokenizer, load_tokenizer
 from ..preset_table import refuse_paper
 from .common import add_model_flags, progress_bar, task_settings
 
@@ -29,7 +29,11 @@ HELP = "train on text or a synthetic task (mqar, passkey, copy, induction); --ou
 def add_arguments(parser) -> None:
     from ..recipe import TrainConfig
 
-    parser.add_argument("model", nargs="?", help="preset, pattern or checkpoint directory (optional with --resume)")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="preset, pattern or checkpoint directory (its weights too: a fine-tune; optional with --resume)",
+    )
     add_model_flags(parser, size_default=None)
     parser.add_argument("--config", help="a recipe file (YAML or JSON: model, size, set, train); flags override it")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
@@ -100,8 +104,13 @@ def resolve(args):
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
     recipe = read_recipe(args.config) if args.config else {}
     changes = {**recipe.get("train", {}), **settings.given(args, TrainConfig, skip=("task_settings",))}
+    target = args.model or recipe.get("model")
+    if isinstance(target, str) and Path(target).is_dir() and args.resume is not True:
+        changes.setdefault("init_from", target)  # a checkpoint's architecture and its weights: a fine-tune
     if changes.get("text_path") and Path(changes["text_path"]).exists():  # a local file or folder, not hf:NAME:
         changes["text_path"] = str(Path(changes["text_path"]).absolute())  # resume and eval may run elsewhere
+    if changes.get("init_from"):
+        changes["init_from"] = str(Path(changes["init_from"]).absolute())
     if args.task_set:
         changes["task_settings"] = {
             **changes.get("task_settings", {}),
@@ -109,7 +118,6 @@ def resolve(args):
         }
     size = args.size or recipe.get("size", "small")
     refuse_paper(size, "train")
-    target = args.model or recipe.get("model")
     overrides = {**recipe.get("set", {}), **parse_overrides(args.overrides)}
     saved = Path(args.out) / STATE_FILE if args.out else None
     if args.resume and saved.exists():
@@ -130,7 +138,12 @@ def resolve(args):
 
 
 def _tokenizer(spec: str, config, model_config):
-    """The run's tokenizer, and the model config with its vocabulary sized to it (BPE, shards)."""
+    """The run's tokenizer, and the model config with its vocabulary sized to it (BPE, shards); a
+    fine-tune keeps its checkpoint's."""
+    if config.init_from:
+        if spec != "byte":
+            raise ConfigError(f"--tokenizer {spec}: a run from --init-from keeps {config.init_from}'s tokenizer")
+        return load_tokenizer(config.init_from), model_config
     if config.task != "text":
         if spec != "byte":
             raise ConfigError(f"--tokenizer {spec}: tokenizers apply to --task text")
@@ -148,7 +161,7 @@ def build_tokenizer(spec: str, data):
     from ..data.hf_datasets import HF_PREFIX, dataset_texts
     from ..data.shards import is_shard_dir
     from ..data.text import default_corpus_files, text_files
-    from ..data.tokenizer import TOKENIZER_FILE, load_tokenizer, train_bpe
+    from ..data.tokenizer import TOKENIZER_FILE, train_bpe
 
     if data is not None and is_shard_dir(data):
         if spec != "byte":
