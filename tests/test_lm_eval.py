@@ -71,7 +71,8 @@ def test_generation_stops_at_the_first_stop_string():
     [
         ({"until": ["\n"], "do_sample": False, "temperature": 0.8}, {"temperature": 0.0}),
         ({"temperature": 0.8, "top_k": 3}, {"temperature": 0.0}),  # transformers: greedy without do_sample
-        ({"do_sample": True}, {"temperature": 1.0, "top_k": None, "top_p": None}),  # was greedy
+        ({"do_sample": True}, {"temperature": 1.0, "top_k": 50, "top_p": None}),  # was greedy
+        ({"do_sample": True, "top_k": 0, "top_p": 1.0}, {"temperature": 1.0, "top_k": None, "top_p": None}),
         (
             {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9},
             {"temperature": 0.7, "top_k": 5, "top_p": 0.9},

@@ -280,8 +280,37 @@ def test_a_checkpoint_directory_as_the_model_starts_from_its_weights(tmp_path, c
     assert f"init_from: {tmp_path / 'base'}" in recipe
     assert cli(capsys, "train", "--config", tmp_path / "tuned" / "recipe.yaml", "--out", tmp_path / "again")[0] == 0
     assert _max_difference(hybridlm.load(tmp_path / "again"), base) < 1e-6  # the recipe repeats the fine-tune
+    by_flag = [*MODEL, "--init-from", tmp_path / "base", *nearly_still, "--out", tmp_path / "by-flag"]
+    assert cli(capsys, "train", *by_flag)[0] == 0  # the preset's vocabulary sized to the checkpoint's BPE
+    assert _max_difference(hybridlm.load(tmp_path / "by-flag"), base) < 1e-6
     torch.manual_seed(0)  # what the fine-tune used to start from: the seed's initialisation
     assert _max_difference(hybridlm.HybridLM(base.config), base) > 1e-3
+
+
+def test_a_fine_tune_resumes_from_its_own_run_and_a_directory_model_keeps_resume_auto(tmp_path, capsys):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert cli(capsys, "train", *MODEL, *TASK, "--steps", "2", "--out", base)[0] == 0
+    assert cli(capsys, "train", base, *TASK, "--steps", "2", "--out", tuned)[0] == 0
+    base.rename(tmp_path / "moved")  # a resumed fine-tune needs its own run only
+    assert cli(capsys, "train", "--out", tuned, "--resume", "--steps", "3")[0] == 0
+    assert json.loads((tuned / "trainer_state.json").read_text())["step"] == 3
+    for again in (["--resume", "auto"], ["--resume"]):  # the run named as the model of its own resume, as before
+        assert cli(capsys, "train", tuned, *TASK, "--steps", "4", "--out", tuned, *again)[0] == 0
+    recipe = tmp_path / "recipe.yaml"  # written by --print-config, it holds `init_from: null`
+    recipe.write_text(cli(capsys, "train", *MODEL, *TASK, "--steps", "1", "--lr", "1e-12", "--print-config")[1])
+    assert "init_from: null" in recipe.read_text()
+    assert (
+        cli(capsys, "train", tmp_path / "moved", "--config", recipe, "--weight-decay", "0", "--out", tmp_path / "c")[0]
+        == 0
+    )
+    assert _max_difference(hybridlm.load(tmp_path / "c"), hybridlm.load(tmp_path / "moved")) < 1e-6
+
+
+def test_a_sweep_refuses_init_from(tmp_path, capsys):
+    spec = tmp_path / "sweep.json"
+    spec.write_text(json.dumps({"train": {"steps": 1, "init_from": str(tmp_path)}, "grid": {"train.seed": [0]}}))
+    code, _, err = cli(capsys, "sweep", spec, "--list")
+    assert code == 2 and "train.init_from: a sweep trains each point from its own initialisation" in err
 
 
 @pytest.mark.parametrize(
@@ -289,13 +318,13 @@ def test_a_checkpoint_directory_as_the_model_starts_from_its_weights(tmp_path, c
     [
         (
             ["{base}", "--out", "{base}", "--overwrite"],
-            "--init-from {base} is --out: the run would replace the weights",
+            "the checkpoint {base} is also --out: the run would replace the weights",
         ),
         (
             ["mamba", "--size", "tiny", "--init-from", "{base}", "--out", "{out}"],
             "weights do not match the model to train",
         ),
-        (["{base}", "--tokenizer", "bpe:300", "--out", "{out}"], "a run from --init-from keeps {base}'s tokenizer"),
+        (["{base}", "--tokenizer", "bpe:300", "--out", "{out}"], "a fine-tune of {base} keeps its tokenizer"),
         (["A", "--size", "tiny", "--init-from", "{out}", "--out", "{out}2"], "--init-from {out}: no checkpoint there"),
     ],
 )

@@ -91,7 +91,7 @@ def test_an_unknown_route_answers_in_openai_shape(limited):
     [
         ({"prompt": {"text": "hi"}}, "prompt: must be a string, a list of strings, a list of token ids or a list of"),
         ({"temperature": float("nan")}, "temperature: Input should be a finite number"),
-        ({"stream_options": {"include_usage": True}}, "stream_options is only allowed when stream is true"),
+        ({"stream_options": {"include_usage": True}}, "stream_options: only allowed when stream is true"),
         ({"seed": -(2**63) - 1}, "seed: Input should be greater than or equal to -9223372036854775808"),
     ],
 )

@@ -148,6 +148,8 @@ def resolve_point(base: ModelConfig, recipe: TrainConfig, overrides: dict) -> tu
     """A point's model and recipe through the same typed path as `hybridlm train`."""
     model_overrides = {k: v for k, v in overrides.items() if not k.startswith("train.")}
     point_recipe = replace_train_config(recipe, {k[6:]: v for k, v in overrides.items() if k.startswith("train.")})
+    if point_recipe.init_from is not None:
+        raise ConfigError("train.init_from: a sweep trains each point from its own initialisation")
     return base.with_overrides(model_overrides), point_recipe
 
 
@@ -181,9 +183,9 @@ def seeds(spec: dict, recipe: TrainConfig) -> list[int]:
 def point_key(config: ModelConfig, recipe: TrainConfig, cost_len: int) -> str:
     """A point's identity: the hash of its fully resolved model, recipe and cost length, so a changed
     recipe (or base) is trained again rather than matched on its axis values."""
-    text = json.dumps(
-        {"model": config.to_dict(), "train": dataclasses.asdict(recipe), "cost_seq_len": cost_len}, sort_keys=True
-    )
+    # init_from is never set in a sweep: leaving it out keeps the keys of results written before it existed
+    train = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "init_from"}
+    text = json.dumps({"model": config.to_dict(), "train": train, "cost_seq_len": cost_len}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

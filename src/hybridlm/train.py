@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 LOSS_PLOT = "loss.png"
 # settings a resumed run may change without changing the training itself
 FREE_ON_RESUME = {
+    "init_from",  # read at step 0 only: a resumed run's weights are its own
     "steps",
     "parallel",
     "log_every",
@@ -111,7 +112,6 @@ def train(
     run would. `progress(step, total)` is called after every step. Raises `TrainingDiverged` on a
     non-finite loss or gradient norm, before that step changes any weight."""
     world = distributed.setup()
-    tokenizer = tokenizer or ByteTokenizer()
     out = Path(out) if out is not None else None
     precision = autocast(config.precision, world.device)
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
@@ -121,7 +121,11 @@ def train(
     if resuming:
         start_step = _check_resumable(out, model_config, config)
         tokenizer = load_tokenizer(out)
-    initial_weights = _initial_weights(config.init_from, model_config, out) if config.init_from else None
+    initial_weights = None
+    if config.init_from and not resuming:  # a resumed fine-tune reads its weights from `out`
+        initial_weights = _initial_weights(config.init_from, model_config, out)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.init_from)
+    tokenizer = tokenizer or ByteTokenizer()
     data = make_data(config, tokenizer, model_config.vocab_size)  # bad task settings fail before any write
     distributed.barrier()  # every rank has read the directory before the main one changes it
     if out is not None and world.is_main:
@@ -141,6 +145,7 @@ def train(
         load_weights(model, out / WEIGHTS_FILE)
     elif initial_weights is not None:  # a fine-tune: the checkpoint's weights, a new optimizer and schedule
         model.load_state_dict(initial_weights, strict=False)
+        initial_weights = None  # not held for the whole run
         log.info("starting from the weights of %s", config.init_from)
     model = model.to(world.device)
     model.gradient_checkpointing = config.gradient_checkpointing
@@ -261,7 +266,8 @@ def _initial_weights(source, model_config: ModelConfig, out) -> dict[str, torch.
     if not (source / CONFIG_FILE).is_file():
         raise CheckpointError(f"--init-from {source}: no checkpoint there (no {CONFIG_FILE})")
     if out is not None and source.resolve() == Path(out).resolve():
-        raise ConfigError(f"--init-from {source} is --out: the run would replace the weights it starts from")
+        raise ConfigError(f"the checkpoint {source} is also --out: the run would replace the weights it starts from")
+    load_config(source)  # a folder of another format (a Hugging Face export) is named as such
     return read_weights(build_meta(model_config), source / WEIGHTS_FILE, expected_by="the model to train")
 
 

@@ -3,7 +3,8 @@
 One module per verb, each with `HELP`, `add_arguments(parser)` and `run(args)`; adding a verb is
 one file plus one entry in `VERBS`. Errors a user can cause (a bad flag included) end with one line
 on stderr and exit 2; a training run stopped by a non-finite loss or gradient exits 3; a closed
-stdout (`| head`) ends quietly. Under torchrun the ranks meet the same error, and rank 0 alone prints it.
+stdout (`| head`) ends quietly. Under torchrun a usage error or a divergence (the same on every rank) is
+printed by rank 0 alone; any other error by every rank that meets it, after rank 0 as `[rank N] ...`.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if isinstance(error, OSError) and error.filename:  # "PATH: No such file or directory", not "[Errno 2] ..."
             error = f"{error.filename}: {error.strerror}"
-        _say(f"hybridlm {args.verb}: error: {error}")
+        _say(f"hybridlm {args.verb}: error: {error}", every_rank=True)  # a path may be missing on one node only
         return 2
-    except TrainingDiverged as error:
+    except TrainingDiverged as error:  # all-reduced: every rank stops at the same step
         _say(f"hybridlm {args.verb}: stopped: {error}")
         return 3
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
@@ -64,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _say(line: str) -> None:
-    """One line on stderr, from rank 0 only under torchrun (the settings and the all-reduced checks are
-    the same on every rank, so every rank meets the same error)."""
-    if os.environ.get("RANK", "0") == "0":
+def _say(line: str, every_rank: bool = False) -> None:
+    """One line on stderr: under torchrun from rank 0, or with `every_rank` from every rank, the others
+    naming themselves."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
         print(line, file=sys.stderr)
+    elif every_rank:
+        print(f"[rank {rank}] {line}", file=sys.stderr)
 
 
 def _unknown_flags(parser: argparse.ArgumentParser, args, unknown: list[str]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .common import format_table, human, progress_bar
 
 HELP = "design-space exploration: train a grid or an Optuna search of hybrids, report quality vs cost (Pareto)"
-SKIP = ("task_settings", "parallel", "tensorboard", "keep")
+SKIP = ("task_settings", "parallel", "tensorboard", "keep", "init_from")
 
 
 def add_arguments(parser) -> None:

@@ -105,8 +105,6 @@ def resolve(args):
     recipe = read_recipe(args.config) if args.config else {}
     changes = {**recipe.get("train", {}), **settings.given(args, TrainConfig, skip=("task_settings",))}
     target = args.model or recipe.get("model")
-    if isinstance(target, str) and Path(target).is_dir() and args.resume is not True:
-        changes.setdefault("init_from", target)  # a checkpoint's architecture and its weights: a fine-tune
     if changes.get("text_path") and Path(changes["text_path"]).exists():  # a local file or folder, not hf:NAME:
         changes["text_path"] = str(Path(changes["text_path"]).absolute())  # resume and eval may run elsewhere
     if changes.get("init_from"):
@@ -134,6 +132,8 @@ def resolve(args):
         raise ConfigError(f"the recipe {args.config} names no model: add `model:` to it, or give one")
     if target is None:
         raise ConfigError("give a model (preset, pattern or directory), a --config recipe, or --resume with --out")
+    if isinstance(target, str) and Path(target).is_dir() and changes.get("init_from") is None:
+        changes["init_from"] = str(Path(target).absolute())  # its architecture and its weights: a fine-tune
     return resolve_model(target, size, overrides), train_config(changes), False
 
 
@@ -142,8 +142,11 @@ def _tokenizer(spec: str, config, model_config):
     fine-tune keeps its checkpoint's."""
     if config.init_from:
         if spec != "byte":
-            raise ConfigError(f"--tokenizer {spec}: a run from --init-from keeps {config.init_from}'s tokenizer")
-        return load_tokenizer(config.init_from), model_config
+            raise ConfigError(f"--tokenizer {spec}: a fine-tune of {config.init_from} keeps its tokenizer")
+        tokenizer = load_tokenizer(config.init_from)
+        if tokenizer.vocab_size != ByteTokenizer.vocab_size and model_config.vocab_size != tokenizer.vocab_size:
+            model_config = model_config.with_overrides({"vocab_size": tokenizer.vocab_size})  # a preset's, resized
+        return tokenizer, model_config
     if config.task != "text":
         if spec != "byte":
             raise ConfigError(f"--tokenizer {spec}: tokenizers apply to --task text")

@@ -47,15 +47,15 @@ GENERATION_SETTINGS = {"until", "max_gen_toks", "do_sample", "temperature", "top
 
 def sampling_settings(settings: dict) -> dict:
     """A task's `generation_kwargs` as `generate_until`'s sampling arguments, read as transformers'
-    `generate` reads them: greedy unless `do_sample`; sampling at temperature 1 unless one is given;
-    `top_k` / `top_p` filter only when sampling."""
+    `generate` reads them (its `GenerationConfig` defaults): greedy unless `do_sample`; then sampling at
+    `temperature` 1, `top_k` 50 (0 turns it off) and `top_p` 1 unless they are given."""
     if not settings.get("do_sample"):
         return {"temperature": 0.0}
-    top_k, top_p = settings.get("top_k"), settings.get("top_p")
+    top_k, top_p = int(settings.get("top_k", 50)), float(settings.get("top_p", 1.0))
     return {
         "temperature": float(settings.get("temperature", 1.0)),
-        "top_k": None if top_k is None else int(top_k),
-        "top_p": None if top_p is None or float(top_p) == 1.0 else float(top_p),
+        "top_k": top_k or None,
+        "top_p": None if top_p == 1.0 else top_p,
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 PROMPT_TYPES = "a string, a list of strings, a list of token ids or a list of token-id lists"
@@ -40,11 +40,12 @@ class CompletionRequest(BaseModel):
     best_of: Literal[1] | None = None
     user: str | None = None
 
-    @model_validator(mode="after")
-    def _stream_options_need_a_stream(self) -> CompletionRequest:
-        if self.stream_options is not None and not self.stream:  # as OpenAI refuses it
-            raise PydanticCustomError("stream_options", "stream_options is only allowed when stream is true")
-        return self
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_a_stream(cls, options, info: ValidationInfo):
+        if options is not None and not info.data.get("stream"):  # as OpenAI refuses it
+            raise PydanticCustomError("stream_options", "only allowed when stream is true")
+        return options
 
     def prompts(self) -> list[str | list[int]]:
         """Each prompt: a string, or token ids."""
