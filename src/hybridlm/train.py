@@ -104,7 +104,8 @@ def train(
     overwrite: bool = False,
     progress=None,
 ) -> TrainResult:
-    """Train a model from `model_config`, or continue the run saved in `out`.
+    """Train a model from `model_config` (from the weights of the checkpoint `config.init_from` when set:
+    a fine-tune, with its tokenizer unless one is given), or continue the run saved in `out`.
 
     `resume`: True continues the run in `out` (which must ask for the saved model and settings;
     only `steps` and logging may change), "auto" continues it when there is one. `overwrite`
