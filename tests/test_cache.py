@@ -136,3 +136,26 @@ def test_left_padded_rows_equal_unpadded(name):
         logits = model(batch, attention_mask=mask)
         assert (logits[0, 21:] - model(short)[0]).abs().max() <= TOLERANCE
         assert (logits[1] - model(long)[0]).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: m(torch.tensor([1, 2])), r"integer token ids of shape \(batch, length\), got torch.int64 \(2,\)"),
+        (lambda m: m(torch.ones(2, 3)), "integer token ids of shape"),
+        (lambda m: m(torch.zeros(2, 0, dtype=torch.long)), r"holds no tokens: shape \(2, 0\)"),
+        (
+            lambda m: m(torch.ones(2, 3, dtype=torch.long), cache=m.allocate_cache(3)),
+            "batch 2, the cache was allocated for 3",
+        ),
+        (
+            lambda m: m(torch.ones(2, 8, dtype=torch.long), attention_mask=torch.ones(2, 5)),
+            r"attention_mask has shape \(2, 5\), input_ids \(2, 8\)",
+        ),
+    ],
+    ids=["1-d", "float", "empty", "cache-batch", "mask-shape"],
+)
+def test_a_wrong_call_is_named_before_any_mixer_runs(call, message):
+    model = HybridLM(ModelConfig.from_preset("jamba", "tiny")).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=message):
+        call(model)

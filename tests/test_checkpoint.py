@@ -91,6 +91,14 @@ def test_non_finite_weights_are_never_saved_and_never_loaded(tmp_path):
         hybridlm.load(good)
 
 
+def test_load_takes_a_dtype(tmp_path):
+    model = HybridLM(ModelConfig.from_preset("mamba", "tiny")).to(torch.bfloat16)
+    hybridlm.save(model, tmp_path / "m")
+    assert hybridlm.load(tmp_path / "m").embed_tokens.weight.dtype == torch.float32
+    loaded = hybridlm.load(tmp_path / "m", dtype=torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
 def test_tokenizer_round_trip(tmp_path):
     tokenizer = train_bpe(["the cat sat on the mat"] * 20, vocab_size=280)
     hybridlm.save(HybridLM(ModelConfig.from_preset("mamba", "tiny")), tmp_path / "m", tokenizer=tokenizer)

@@ -64,6 +64,28 @@ def test_registering_a_taken_character_or_a_class_without_forward_is_refused():
     assert "Q" not in MIXERS
 
 
+def test_a_config_without_validate_is_refused_at_registration():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class PlainOptions:
+        width: int = 4
+
+    class NoValidate(EMA):
+        chars = {"V": "no_validate"}
+        config_name, Config = "no_validate", PlainOptions
+
+    with pytest.raises(ConfigError, match=r"Config needs validate\(self, model_config, chars\)"):
+        hybridlm.register_mixer(NoValidate)
+    assert "V" not in MIXERS
+    ModelConfig(pattern="AF", d_model=32, n_heads=4)  # every config used to fail once it was registered
+
+
+def test_a_section_of_an_unregistered_family_says_so():
+    with pytest.raises(ConfigError, match="unknown config section 'conv_plugin': no registered mixer has it"):
+        ModelConfig.from_dict({"pattern": "AF", "conv_plugin": {"width": 3}})
+
+
 def test_mixing_matrix_is_the_jacobian_along_the_sequence():
     """The EMA is linear: d y_t / d x_s = W_out diag(M[:, t, s]) W_in, M from its mixing operator."""
     model = HybridLM(tiny_config(pattern="Y")).double().eval()

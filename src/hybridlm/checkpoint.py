@@ -114,12 +114,13 @@ def saved_names(model: HybridLM) -> set[str]:
     return names
 
 
-def load(directory, device: str | torch.device = "cpu") -> HybridLM:
-    """Load a model saved by `save`; raises `CheckpointError` with the reason when it cannot."""
+def load(directory, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> HybridLM:
+    """Load a model saved by `save` (in float32, or `dtype`: the file may hold bf16 weights); raises
+    `CheckpointError` with the reason when it cannot."""
     config = load_config(directory)
     model = HybridLM(config)
     load_weights(model, Path(directory) / WEIGHTS_FILE)
-    return model.to(device)
+    return model.to(device=device, dtype=dtype)
 
 
 def read_config_json(directory) -> dict:

@@ -246,8 +246,14 @@ def _build(cls, data: dict, prefix: str):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in names:
-            raise ConfigError(f"unknown field '{prefix}{key}'{nearest(key, names, prefix=prefix)}")
+        if key in names:
+            continue
+        if cls is ModelConfig and isinstance(data[key], dict):  # a section of a family not registered here
+            raise ConfigError(
+                f"unknown config section {key!r}: no registered mixer has it (register a plugin's family, "
+                f"by importing its module, before building or loading the config){nearest(key, names)}"
+            )
+        raise ConfigError(f"unknown field '{prefix}{key}'{nearest(key, names, prefix=prefix)}")
     kwargs = dict(data)
     if cls is ModelConfig:
         for name, sub in sections().items():

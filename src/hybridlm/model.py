@@ -120,6 +120,7 @@ class HybridLM(nn.Module):
         With `cache`, continue from it and update it in place: any N (1 = decode, more = prefill or
         chunked prefill). `attention_mask` (B, N), 1 for real tokens and 0 for left padding.
         """
+        _check_inputs(input_ids, cache, attention_mask)
         valid = None if attention_mask is None else attention_mask.to(torch.bool)
         if valid is not None and bool(valid.all()):
             valid = None
@@ -224,3 +225,20 @@ class HybridLM(nn.Module):
     def num_parameters(self) -> int:
         """Distinct parameters (shared blocks and tied embeddings counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _check_inputs(input_ids: torch.Tensor, cache: Cache | None, attention_mask: torch.Tensor | None) -> None:
+    """Shapes only (no reads of the values): a wrong call is named here, not deep inside a mixer."""
+    if input_ids.ndim != 2 or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex:
+        raise ValueError(
+            f"input_ids must be integer token ids of shape (batch, length), got {input_ids.dtype} "
+            f"{tuple(input_ids.shape)}"
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids holds no tokens: shape {tuple(input_ids.shape)}")
+    if cache is not None and cache.seen.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"input_ids has batch {input_ids.shape[0]}, the cache was allocated for {cache.seen.shape[0]}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids {tuple(input_ids.shape)}: they differ"
+        )

@@ -40,6 +40,8 @@ def register(family: type[Mixer]) -> type[Mixer]:
     if family.Config is not None:
         if not dataclasses.is_dataclass(family.Config):
             raise ConfigError(f"mixer {family.__name__}: Config must be a dataclass")
+        if not callable(getattr(family.Config, "validate", None)):  # every ModelConfig calls it
+            raise ConfigError(f"mixer {family.__name__}: Config needs validate(self, model_config, chars)")
         if family.config_name in sections():
             raise ConfigError(f"mixer {family.__name__}: config section {family.config_name!r} is taken")
     core = [hook for hook in missing_hooks(family) if hook in HOOKS[:3]]
