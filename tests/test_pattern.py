@@ -70,6 +70,12 @@ def test_errors_name_column_and_character(pattern, column, char):
     assert str(error.value).startswith(f"column {column} ('{char}')")
 
 
+@pytest.mark.parametrize("pattern", ["(AF)*2*2", "AF*2"])
+def test_a_count_outside_a_group_says_how_to_repeat(pattern):
+    with pytest.raises(PatternError, match=r"'\*K' repeats a group: write \(\.\.\.\)\*K"):
+        expand(pattern)
+
+
 @pytest.mark.parametrize("pattern", ["", "   ", "\n"])
 def test_empty_pattern_is_an_error(pattern):
     with pytest.raises(PatternError, match="empty pattern"):

@@ -136,6 +136,8 @@ def _parse_items(text: str, position: int, depth: int) -> tuple[tuple, int]:
             if depth == 0:
                 raise PatternError(_at(text, position, "unmatched ')'"))
             return tuple(items), position
+        elif char == "*":  # a count follows a group's ')' only, and once
+            raise PatternError(_at(text, position, "'*K' repeats a group: write (...)*K, once per group"))
         else:
             valid = "".join(names)
             raise PatternError(_at(text, position, f"unknown sub-layer character (valid: {valid}, '(', ')', '*')"))
