@@ -69,9 +69,14 @@ def foreign_entries(directory) -> list[str]:
     return [name for name in entries if name not in owned]
 
 
+def kind_of(directory) -> str | None:
+    """The kind its marker gives a directory hybridlm wrote ("run", "sweep" ...), or None."""
+    return (read_marker(directory) or {}).get("kind")
+
+
 def describe(directory) -> str:
     """What a directory hybridlm wrote holds, by its marker's kind ("a checkpoint", "a sweep's results" ...)."""
-    return KIND_NAMES.get((read_marker(directory) or {}).get("kind"), "files")
+    return KIND_NAMES.get(kind_of(directory), "files")
 
 
 def check_replaceable(directory, what: str = "directory", writing: str | None = None, by: str | None = None) -> None:
@@ -87,8 +92,7 @@ def check_replaceable(directory, what: str = "directory", writing: str | None = 
         raise OwnershipError(
             f"{directory} holds files hybridlm did not write ({shown}); refusing to replace it: choose another {what}"
         )
-    kind = (read_marker(directory) or {}).get("kind")
-    if writing is not None and any(directory.iterdir()) and kind not in REPLACES[writing]:
+    if writing is not None and any(directory.iterdir()) and kind_of(directory) not in REPLACES[writing]:
         raise OwnershipError(
             f"{directory} holds {describe(directory)}, which {by or WRITERS[writing]} does not replace: "
             f"choose another {what}"

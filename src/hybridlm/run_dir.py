@@ -29,6 +29,7 @@ from .ownership import (
     check_replaceable,
     clear,
     describe,
+    kind_of,
     marker,
     own,
     read_marker,
@@ -60,8 +61,7 @@ def check(path, resume: bool | str = False, overwrite: bool = False) -> bool:
                 f"{path} holds a training run saved at step {saved_step(path)}: --resume continues it, "
                 "--overwrite replaces it"
             )
-        unsaved_run = (read_marker(path) or {}).get("kind") == "run"
-        held = "a run that saved no checkpoint yet" if unsaved_run else describe(path)
+        held = "a run that saved no checkpoint yet" if kind_of(path) == "run" else describe(path)
         raise OwnershipError(f"{path} holds {held}, nothing to resume: --overwrite replaces it")
     return False
 

@@ -144,14 +144,12 @@ def _tokenizer(spec: str, config, model_config):
         if spec != "byte":
             raise ConfigError(f"--tokenizer {spec}: a fine-tune of {config.init_from} keeps its tokenizer")
         tokenizer = load_tokenizer(config.init_from)
-        if tokenizer.vocab_size != ByteTokenizer.vocab_size and model_config.vocab_size != tokenizer.vocab_size:
-            model_config = model_config.with_overrides({"vocab_size": tokenizer.vocab_size})  # a preset's, resized
-        return tokenizer, model_config
-    if config.task != "text":
+    elif config.task != "text":
         if spec != "byte":
             raise ConfigError(f"--tokenizer {spec}: tokenizers apply to --task text")
         return ByteTokenizer(), model_config
-    tokenizer = build_tokenizer(spec, config.text_path)
+    else:
+        tokenizer = build_tokenizer(spec, config.text_path)
     if tokenizer.vocab_size != ByteTokenizer.vocab_size and model_config.vocab_size != tokenizer.vocab_size:
         log.info("vocab_size %d -> %d (the tokenizer's)", model_config.vocab_size, tokenizer.vocab_size)
         model_config = model_config.with_overrides({"vocab_size": tokenizer.vocab_size})

@@ -19,7 +19,7 @@ from lm_eval.api.registry import register_model
 
 from ..checkpoint import load
 from ..data.tokenizer import load_tokenizer
-from .scoring import GENERATION_SETTINGS, generate_until, sampling_settings, score_continuations
+from .scoring import generate_until, sampling_settings, score_continuations
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +113,10 @@ class HybridLMEval(TemplateLM):
         outputs: list[str | None] = [None] * len(requests)
         for indices in groups.values():
             settings = dict(requests[indices[0]].args[1])
-            unknown = sorted(set(settings) - GENERATION_SETTINGS)
-            if unknown:
-                raise ValueError(
-                    f"generation settings {unknown} are not supported (supported: {sorted(GENERATION_SETTINGS)})"
-                )
+            sampling = sampling_settings(settings)  # first: an unsupported key is refused before any work
             until = settings.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(settings.get("max_gen_toks", self.max_gen_toks))
-            sampling = sampling_settings(settings)
             keep = max(1, self.max_length - max_tokens)
             contexts = {
                 index: self.tok_encode(requests[index].args[0])[-keep:] or [self.prefix_token_id] for index in indices

@@ -48,7 +48,11 @@ GENERATION_SETTINGS = {"until", "max_gen_toks", "do_sample", "temperature", "top
 def sampling_settings(settings: dict) -> dict:
     """A task's `generation_kwargs` as `generate_until`'s sampling arguments, read as transformers'
     `generate` reads them (its `GenerationConfig` defaults): greedy unless `do_sample`; then sampling at
-    `temperature` 1, `top_k` 50 (0 turns it off) and `top_p` 1 unless they are given."""
+    `temperature` 1, `top_k` 50 (0 turns it off) and `top_p` 1 unless they are given. A key it does not
+    know (`num_beams`, ...) is refused rather than ignored."""
+    unknown = sorted(set(settings) - GENERATION_SETTINGS)
+    if unknown:
+        raise ValueError(f"generation settings {unknown} are not supported (supported: {sorted(GENERATION_SETTINGS)})")
     if not settings.get("do_sample"):
         return {"temperature": 0.0}
     top_k, top_p = int(settings.get("top_k", 50)), float(settings.get("top_p", 1.0))
